@@ -1,0 +1,24 @@
+"""The model store format shared by ``training`` (writer) and ``service`` (reader)."""
+
+from modelstore.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    IntegrityError,
+    Manifest,
+    ManifestError,
+    TensorSpec,
+    latest_version,
+    list_models,
+    list_versions,
+    load_verified,
+    publish,
+    read_manifest,
+    sha256_of,
+    verify,
+)
+
+__all__ = [
+    "MANIFEST_FILE", "MODEL_FILE", "IntegrityError", "Manifest", "ManifestError", "TensorSpec",
+    "latest_version", "list_models", "list_versions", "load_verified", "publish",
+    "read_manifest", "sha256_of", "verify",
+]

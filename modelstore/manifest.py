@@ -1,0 +1,267 @@
+"""The model store's on-disk format: the one place that defines it.
+
+A model store is a folder of versioned model artifacts::
+
+    <store>/<name>/<version>/model.onnx
+    <store>/<name>/<version>/manifest.json
+
+``training`` writes versions with :func:`publish`; ``service`` reads them with
+:func:`load_verified`. Neither knows the other: this module (plain Python and the
+standard library, no torch, no ONNX Runtime) is their whole interface, and
+``docs/model-store.md`` describes the same format for people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+# Open Inference Protocol (KServe V2) datatype names; the manifest uses no other spelling.
+DATATYPES = frozenset(
+    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+     "FP16", "FP32", "FP64", "BYTES"}
+)
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or does not describe its model file."""
+
+
+class IntegrityError(ManifestError):
+    """``model.onnx`` does not match the sha256 its manifest records."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output tensor of a model graph."""
+
+    name: str
+    datatype: str  # Open Inference Protocol spelling: "FP32", "INT64", ...
+    shape: tuple[int, ...]  # -1 marks a dynamic axis (the batch axis is always dynamic)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ManifestError("tensor name must be non-empty")
+        if self.datatype not in DATATYPES:
+            raise ManifestError(
+                f"tensor {self.name!r}: datatype {self.datatype!r} is not one of {sorted(DATATYPES)}"
+            )
+        shape = tuple(int(d) for d in self.shape)
+        if any(d < -1 or d == 0 for d in shape):
+            raise ManifestError(f"tensor {self.name!r}: shape {shape} has a dimension < -1 or 0")
+        object.__setattr__(self, "shape", shape)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        try:
+            return cls(name=data["name"], datatype=data["datatype"], shape=tuple(data["shape"]))
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"tensor spec {data!r} needs name, datatype and shape") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` records about one model version."""
+
+    name: str  # model name, e.g. "classifier"; also the folder name
+    version: int  # positive integer; also the folder name
+    task: str  # what the model does, e.g. "image-classification"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    sha256: str  # hex digest of model.onnx
+    opset: int  # ONNX default-domain opset of the graph
+    metrics: dict[str, Any]  # held-out evaluation, e.g. {"test_accuracy": 0.99}
+    training: dict[str, Any]  # the training configuration, including "seed"
+    dataset: dict[str, Any]  # where the data came from and how it was split
+    labels: list[str] | None = None  # class names, index-aligned with the output, if any
+    # Facts a server needs that the tensor shapes do not carry (value ranges, minimum
+    # history length, ...). Keys are documented per model in docs/model-store.md.
+    serving: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""  # ISO 8601, UTC
+    producer: dict[str, Any] = field(default_factory=dict)  # library versions that built it
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ManifestError(f"model name {self.name!r} must match {_NAME.pattern}")
+        if not isinstance(self.version, int) or self.version < 1:
+            raise ManifestError(f"{self.name}: version must be a positive integer, got {self.version!r}")
+        if not self.inputs or not self.outputs:
+            raise ManifestError(f"{self.name}: a model needs at least one input and one output")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ManifestError(f"{self.name}: sha256 must be 64 lowercase hex digits")
+        if "seed" not in self.training:
+            raise ManifestError(f"{self.name}: training must record the seed")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ManifestError(f"unsupported manifest format_version {data.get('format_version')!r}")
+        try:
+            return cls(
+                name=data["name"],
+                version=data["version"],
+                task=data["task"],
+                inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+                sha256=data["sha256"],
+                opset=int(data["opset"]),
+                metrics=dict(data["metrics"]),
+                training=dict(data["training"]),
+                dataset=dict(data["dataset"]),
+                labels=data.get("labels"),
+                serving=dict(data.get("serving", {})),
+                created_at=data.get("created_at", ""),
+                producer=dict(data.get("producer", {})),
+            )
+        except KeyError as exc:
+            raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["inputs"] = [t.to_dict() for t in self.inputs]
+        data["outputs"] = [t.to_dict() for t in self.outputs]
+        return data
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.name)
+
+
+def _by_name(specs: tuple[TensorSpec, ...], name: str, model: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"{model} has no tensor {name!r}; it has {[s.name for s in specs]}")
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Parse ``<version_dir>/manifest.json`` and check it names its own folder."""
+    path = Path(version_dir) / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    manifest = Manifest.from_dict(data)
+    version_dir = Path(version_dir)
+    if (manifest.name, str(manifest.version)) != (version_dir.parent.name, version_dir.name):
+        raise ManifestError(
+            f"{path} describes {manifest.name}/{manifest.version}, "
+            f"but lives in {version_dir.parent.name}/{version_dir.name}"
+        )
+    return manifest
+
+
+def verify(version_dir: Path, manifest: Manifest) -> None:
+    """Raise :class:`IntegrityError` unless ``model.onnx`` has the recorded sha256."""
+    model_path = Path(version_dir) / MODEL_FILE
+    if not model_path.is_file():
+        raise IntegrityError(f"{model_path} does not exist")
+    actual = sha256_of(model_path)
+    if actual != manifest.sha256:
+        raise IntegrityError(
+            f"{model_path} has sha256 {actual[:12]}…, but its manifest records "
+            f"{manifest.sha256[:12]}…: the file was changed after it was published"
+        )
+
+
+def load_verified(store: Path, name: str, version: int | None = None) -> tuple[Manifest, Path]:
+    """The manifest and model path of ``name`` (its highest version unless given), verified."""
+    if version is None:
+        version = latest_version(store, name)
+    version_dir = Path(store) / name / str(version)
+    if not version_dir.is_dir():
+        raise ManifestError(f"{name} has no version {version} in {store} (it has {list_versions(store, name)})")
+    manifest = read_manifest(version_dir)
+    verify(version_dir, manifest)
+    return manifest, version_dir / MODEL_FILE
+
+
+def list_models(store: Path) -> list[str]:
+    """Names of the models in ``store`` that have at least one version."""
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    return sorted(p.name for p in store.iterdir() if p.is_dir() and list_versions(store, p.name))
+
+
+def list_versions(store: Path, name: str) -> list[int]:
+    model_dir = Path(store) / name
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MANIFEST_FILE).is_file()
+    )
+
+
+def latest_version(store: Path, name: str) -> int:
+    versions = list_versions(store, name)
+    if not versions:
+        raise ManifestError(f"no versions of {name!r} in {store}")
+    return versions[-1]
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def publish(store: Path, manifest_fields: dict[str, Any], model_file: Path,
+            extra_files: list[Path] = ()) -> Manifest:
+    """Write ``model_file`` as the next free version of ``manifest_fields["name"]``.
+
+    ``manifest_fields`` holds every :class:`Manifest` field except ``version`` and
+    ``sha256``, which are filled in here. The version folder is assembled under a
+    temporary name and renamed into place, so a reader never sees half a version.
+    ``extra_files`` (plots, reports) are copied beside the model.
+    """
+    store = Path(store)
+    name = manifest_fields["name"]
+    (store / name).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=store / name))
+    try:
+        shutil.copyfile(model_file, staging / MODEL_FILE)
+        for extra in extra_files:
+            shutil.copyfile(extra, staging / Path(extra).name)
+        sha = sha256_of(staging / MODEL_FILE)
+        while True:
+            version = max(list_versions(store, name), default=0) + 1
+            manifest = Manifest(**{**manifest_fields, "version": version, "sha256": sha})
+            (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+            try:
+                os.rename(staging, store / name / str(version))  # fails if another writer won
+                return manifest
+            except OSError:
+                if not (store / name / str(version)).exists():
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

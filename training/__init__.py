@@ -1,0 +1,1 @@
+"""Train, evaluate and export the default models (PyTorch -> ONNX -> model_store/)."""

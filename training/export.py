@@ -1,0 +1,151 @@
+"""Export a trained model to ONNX, prove ONNX Runtime agrees with PyTorch, publish it.
+
+Nothing reaches the model store unless the graph passes ``onnx.checker`` and ONNX Runtime
+matches PyTorch (max abs difference <= ``PARITY_ATOL``) at every size in ``PARITY_BATCHES``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from modelstore import Manifest, TensorSpec, publish
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+PARITY_BATCHES = (1, 7, 64)
+PARITY_ATOL = 1e-4
+
+_ONNX_DATATYPES = {
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.BOOL: "BOOL",
+}
+
+
+class ParityError(AssertionError):
+    """ONNX Runtime and PyTorch disagree on the exported graph."""
+
+
+@dataclass
+class TrainedModel:
+    """Everything a trainer hands over for export and publication.
+
+    ``module`` takes the tensors named by ``input_names`` (in order) and returns the
+    tensors named by ``output_names``; pre- and post-processing (scaling, softmax) live
+    inside it so that the exported graph is the whole model.
+    """
+
+    name: str  # model store name: "classifier", "forecaster", "generator"
+    task: str
+    module: torch.nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    # batch size -> example inputs with that batch size, used to export and to check parity
+    example_inputs: Callable[[int], tuple[torch.Tensor, ...]]
+    # torch.export dynamic shapes, keyed by forward() argument name
+    dynamic_shapes: dict[str, dict[int, Any]]
+    metrics: dict[str, Any]
+    training: dict[str, Any]  # the configuration, including "seed"
+    dataset: dict[str, Any]
+    labels: list[str] | None = None
+    serving: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)  # plots copied beside the model
+
+
+def export_onnx(model: TrainedModel, path: Path) -> onnx.ModelProto:
+    module = model.module.eval()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            model.example_inputs(2),
+            input_names=model.input_names,
+            output_names=model.output_names,
+            opset_version=OPSET,
+            dynamic_shapes=model.dynamic_shapes,
+            dynamo=True,
+            verbose=False,
+        )
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def check_parity(model: TrainedModel, path: Path) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch over ``PARITY_BATCHES``."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in PARITY_BATCHES:
+        inputs = model.example_inputs(batch)
+        with torch.no_grad():
+            expected = model.module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        feeds = {n: t.numpy() for n, t in zip(model.input_names, inputs, strict=True)}
+        actual = session.run(model.output_names, feeds)
+        for name, want, got in zip(model.output_names, expected, actual, strict=True):
+            if got.shape != tuple(want.shape):
+                raise ParityError(f"{model.name}.{name} at batch {batch}: shape {got.shape} != {tuple(want.shape)}")
+            diff = float(np.max(np.abs(got.astype(np.float64) - want.numpy().astype(np.float64))))
+            worst = max(worst, diff)
+            if diff > PARITY_ATOL:
+                raise ParityError(f"{model.name}.{name} at batch {batch}: max abs diff {diff:.2e} > {PARITY_ATOL}")
+    return worst
+
+
+def tensor_specs(graph_values: Any) -> tuple[TensorSpec, ...]:
+    """Manifest tensor specs read from the exported graph itself, so they cannot drift."""
+    specs = []
+    for value in graph_values:
+        tensor_type = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
+        specs.append(TensorSpec(value.name, _ONNX_DATATYPES[tensor_type.elem_type], shape))
+    return tuple(specs)
+
+
+def graph_opset(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def export_and_publish(model: TrainedModel, store: Path) -> Manifest:
+    """Export, check and verify ``model``, then write it as the next version in ``store``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        proto = export_onnx(model, path)
+        max_diff = check_parity(model, path)
+        log.info("%s: ONNX Runtime matches PyTorch (max abs diff %.2e)", model.name, max_diff)
+        fields = {
+            "name": model.name,
+            "task": model.task,
+            "inputs": tensor_specs(proto.graph.input),
+            "outputs": tensor_specs(proto.graph.output),
+            "opset": graph_opset(proto),
+            "metrics": {**model.metrics, "onnx_parity_max_abs_diff": max_diff},
+            "training": model.training,
+            "dataset": model.dataset,
+            "labels": model.labels,
+            "serving": model.serving,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "producer": {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+                "python": platform.python_version(),
+            },
+        }
+        return publish(store, fields, path, extra_files=model.artifacts)

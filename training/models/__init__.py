@@ -1,0 +1,1 @@
+"""Model architectures: one file each, with its config dataclass beside it."""
