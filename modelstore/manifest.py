@@ -56,7 +56,8 @@ class TensorSpec:
             raise ManifestError("tensor name must be non-empty")
         if self.datatype not in DATATYPES:
             raise ManifestError(
-                f"tensor {self.name!r}: datatype {self.datatype!r} is not one of {sorted(DATATYPES)}"
+                f"tensor {self.name!r}: datatype {self.datatype!r} "
+                f"is not one of {sorted(DATATYPES)}"
             )
         shape = tuple(int(d) for d in self.shape)
         if any(d < -1 or d == 0 for d in shape):
@@ -100,7 +101,9 @@ class Manifest:
         if not _NAME.match(self.name):
             raise ManifestError(f"model name {self.name!r} must match {_NAME.pattern}")
         if not isinstance(self.version, int) or self.version < 1:
-            raise ManifestError(f"{self.name}: version must be a positive integer, got {self.version!r}")
+            raise ManifestError(
+                f"{self.name}: version must be a positive integer, got {self.version!r}"
+            )
         if not self.inputs or not self.outputs:
             raise ManifestError(f"{self.name}: a model needs at least one input and one output")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
@@ -111,7 +114,9 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ManifestError(f"unsupported manifest format_version {data.get('format_version')!r}")
+            raise ManifestError(
+                f"unsupported manifest format_version {data.get('format_version')!r}"
+            )
         try:
             return cls(
                 name=data["name"],
@@ -201,7 +206,9 @@ def load_verified(store: Path, name: str, version: int | None = None) -> tuple[M
         version = latest_version(store, name)
     version_dir = Path(store) / name / str(version)
     if not version_dir.is_dir():
-        raise ManifestError(f"{name} has no version {version} in {store} (it has {list_versions(store, name)})")
+        raise ManifestError(
+            f"{name} has no version {version} in {store} (it has {list_versions(store, name)})"
+        )
     manifest = read_manifest(version_dir)
     verify(version_dir, manifest)
     return manifest, version_dir / MODEL_FILE

@@ -1,4 +1,6 @@
-"""``python -m training train classifier|forecaster|generator|all [--epochs N] [--seed S] [--out DIR]``.
+"""``python -m training train classifier|forecaster|generator|all [options]``.
+
+Options: ``--epochs N``, ``--seed S``, ``--out DIR`` and ``--dry-run``.
 
 Each trainer module exposes ``train(options) -> TrainedModel``; this file only parses
 arguments, runs them in dependency order (the generator is judged by the classifier,
@@ -45,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("model", choices=[*TRAINERS, "all"])
     train.add_argument("--epochs", type=int, default=None, help="override the trainer's default")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", type=Path, default=Path("model_store"), help="model store to publish to")
+    train.add_argument(
+        "--out", type=Path, default=Path("model_store"), help="model store to publish to"
+    )
     train.add_argument("--dry-run", action="store_true", help="a quick smoke run (CI)")
     return parser
 

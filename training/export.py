@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -100,11 +101,17 @@ def check_parity(model: TrainedModel, path: Path) -> float:
         actual = session.run(model.output_names, feeds)
         for name, want, got in zip(model.output_names, expected, actual, strict=True):
             if got.shape != tuple(want.shape):
-                raise ParityError(f"{model.name}.{name} at batch {batch}: shape {got.shape} != {tuple(want.shape)}")
+                raise ParityError(
+                    f"{model.name}.{name} at batch {batch}: "
+                    f"shape {got.shape} != {tuple(want.shape)}"
+                )
             diff = float(np.max(np.abs(got.astype(np.float64) - want.numpy().astype(np.float64))))
             worst = max(worst, diff)
             if diff > PARITY_ATOL:
-                raise ParityError(f"{model.name}.{name} at batch {batch}: max abs diff {diff:.2e} > {PARITY_ATOL}")
+                raise ParityError(
+                    f"{model.name}.{name} at batch {batch}: "
+                    f"max abs diff {diff:.2e} > {PARITY_ATOL}"
+                )
     return worst
 
 
