@@ -1,0 +1,221 @@
+"""The HTTP routes: a thin layer from requests to pipelines and back.
+
+A FastAPI app, mounted into the BentoML service (``service.service``), so that BentoML
+merges its OpenAPI document into ``/docs.json``. Handlers take the raw ``Request`` and
+validate bodies themselves with the schemas' compiled validators: FastAPI's parameter
+injection and response serialisation would double the per-request CPU (see
+docs/benchmarks.md), and the OpenAPI document is described explicitly instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import schemas
+from service.errors import (
+    ApiError,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    api_error_handler,
+    http_error_handler,
+    invalid_body,
+    json_response,
+    unexpected_error_handler,
+)
+from service.images import digit_from_image, png_from_digit
+from service.metrics import exposition
+from service.pipelines import Pipeline
+from service.registry import ModelRegistry
+from service.settings import get_settings
+
+Body = TypeVar("Body", bound=BaseModel)
+log = logging.getLogger(__name__)
+
+# The routes whose per-request cost matters; BentoML's tracing middleware skips them.
+INFERENCE_ROUTES = ["/classify", "/classify_image", "/forecast", "/generate", "/v2", "/metrics"]
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        raise ApiError("the service is starting", status=503, headers={"Retry-After": "1"})
+    return registry
+
+
+async def read_json(request: Request, schema: type[Body]) -> Body:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"content-type {content_type!r} is not accepted; send application/json",
+            {"content_type": content_type},
+        )
+    body = await request.body()
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
+
+
+def task_route(model: str) -> Callable:
+    """Resolve ``model``'s pipeline for the handler, and count its errors by status."""
+
+    def decorate(handler: Callable[[Request, Pipeline], Awaitable[Response]]) -> Callable:
+        async def route(request: Request) -> Response:
+            pipeline = registry_of(request).pipeline(model)
+            try:
+                return await handler(request, pipeline)
+            except ApiError as exc:
+                pipeline.metrics.error(exc.status)
+                raise
+            except Exception:  # a bug, not the client's fault: log it, answer 500
+                log.exception("%s failed on %s", model, request.url.path)
+                pipeline.metrics.error(500)
+                raise ApiError("internal server error", {"model": model}, status=500) from None
+
+        # Not functools.wraps: FastAPI would read the handler's signature and expect a body.
+        route.__name__, route.__doc__ = handler.__name__, handler.__doc__
+        return route
+
+    return decorate
+
+
+def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema.model_json_schema()}}}}
+
+
+_MULTIPART_IMAGE = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary",
+                             "description": "PNG or JPEG, any size, dark digit on a light background"}},
+}}}}}
+
+
+# --- task endpoints ----------------------------------------------------------------------
+
+
+@task_route("classifier")
+async def classify(request: Request, pipeline: Pipeline) -> Response:
+    body = await read_json(request, schemas.ClassifyRequest)
+    results = await pipeline.infer(pipeline.decode(body.images))
+    return json_response(pipeline.encode(results))
+
+
+@task_route("classifier")
+async def classify_image(request: Request, pipeline: Pipeline) -> Response:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            "send the image as multipart/form-data in a field named 'image'",
+            {"content_type": content_type},
+        )
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except HTTPException as exc:  # malformed multipart
+        raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise InvalidInput("the form needs a file field named 'image'", {"field": "image"})
+    digit = digit_from_image(await upload.read(), get_settings().max_image_pixels)
+    [probabilities] = await pipeline.infer(pipeline.decode([digit]))
+    return json_response({"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()})
+
+
+@task_route("forecaster")
+async def forecast(request: Request, pipeline: Pipeline) -> Response:
+    body = await read_json(request, schemas.ForecastRequest)
+    results = await pipeline.infer(pipeline.decode(body.series))
+    return json_response(pipeline.encode(results))
+
+
+@task_route("generator")
+async def generate(request: Request, pipeline: Pipeline) -> Response:
+    body = await read_json(request, schemas.GenerateRequest)
+    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    images = await pipeline.infer(pipeline.decode(body.labels, seed))
+    if body.format == "png":
+        encoded: list = [png_from_digit(image[0]) for image in images]
+    else:
+        encoded = [image[0].tolist() for image in images]
+    return json_response({"images": encoded, "seed": seed})
+
+
+async def metrics(_: Request) -> Response:
+    content, content_type = exposition()
+    return Response(content, media_type=content_type)
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """413 for a body over ``limit`` bytes: at once from Content-Length, else while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and int(value or 0) > self.limit:
+                response = json_response(self._error(int(value)).body(), 413)
+                return await response(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise self._error(received)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _error(self, size: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body ({size} bytes or more) is over the limit of "
+                               f"{self.limit} bytes (MODELSERVE_MAX_BODY_BYTES)", {"limit": self.limit})
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="modelserve",
+        summary="Batched ONNX Runtime inference: digit classification, CO2 forecasting, digit generation",
+        version="0.1.0",
+        openapi_url=None,  # BentoML serves the merged document at /docs.json
+        docs_url=None,
+        redoc_url=None,
+    )
+    errors = {400: {"model": schemas.ErrorResponse, "description": "invalid input"},
+              **schemas.ERROR_RESPONSES}
+    routes = [
+        ("/classify", classify, schemas.ClassifyResponse, _openapi_body(schemas.ClassifyRequest),
+         "Classify 8x8 digit images (0..16 pixel values)"),
+        ("/classify_image", classify_image, schemas.ClassifyImageResponse, _MULTIPART_IMAGE,
+         "Classify a PNG or JPEG of a handwritten digit"),
+        ("/forecast", forecast, schemas.ForecastResponse, _openapi_body(schemas.ForecastRequest),
+         "Forecast the next weeks of CO2 concentration from variable-length histories"),
+        ("/generate", generate, schemas.GenerateResponse, _openapi_body(schemas.GenerateRequest),
+         "Generate digit images of the given classes"),
+    ]
+    for path, endpoint, response_model, extra, summary in routes:
+        app.add_api_route(path, endpoint, methods=["POST"], response_model=response_model,
+                          responses=errors, openapi_extra=extra, summary=summary, tags=["tasks"])
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    app.add_middleware(BodyLimit, limit=get_settings().max_body_bytes)
+    return app

@@ -1,0 +1,241 @@
+"""Adaptive batching: concurrent requests for one model become one ONNX Runtime call.
+
+Why our own and not BentoML's ``batchable=True`` (measured, see docs/batching.md): BentoML's
+dispatcher counts requests rather than items, answers overload with an empty 503 and does
+not recover from it, runs one batch at a time, and cannot see routes outside
+``@bentoml.api`` (the V2 protocol routes must share batches with the task routes).
+
+The policy, in full:
+
+* A batch holds at most ``max_batch_size`` *items* (images, rows, samples), never requests:
+  a request with more items than that is split over several batches, and one batch can
+  hold the tail of one request and the head of the next.
+* A request that finds the model idle runs at once: a lone request never waits.
+* Batches form while the model is busy: when a batch finishes, everything queued meanwhile
+  (up to the maximum) goes next. Only then, and only if the batch is not full yet, the
+  batch may wait up to ``max_wait_s`` (counted from its oldest request's arrival) for more.
+* The queue is bounded: a request that would push it past ``max_queue_size`` items is
+  refused at once with :class:`QueueFull`. Nothing adapts, so nothing needs to recover
+  when an overload ends.
+* A request that waited longer than ``queue_timeout_s`` is failed with
+  :class:`QueueTimeout` instead of being run for a client that has likely given up.
+* ``run_batch`` must return one result per item (:class:`BatchSizeMismatch` otherwise);
+  an exception it raises reaches every request in that batch, and no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class QueueFull(Exception):
+    """The model's queue is at its bound; the caller should retry after ``retry_after_s``."""
+
+    def __init__(self, queued: int, limit: int, retry_after_s: int = 1) -> None:
+        super().__init__(f"{queued} items are queued (limit {limit})")
+        self.retry_after_s = retry_after_s
+
+
+class QueueTimeout(Exception):
+    """The request waited in the queue longer than the queue timeout."""
+
+
+class BatchSizeMismatch(RuntimeError):
+    """``run_batch`` returned a different number of results than it was given items."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one executed batch looked like, for metrics."""
+
+    items: int  # items in the batch
+    requests: int  # requests (or parts of requests) sharing it
+    queue_wait_s: float  # how long its oldest request waited before the batch started
+    run_s: float  # wall time of run_batch
+    failed: bool  # run_batch raised
+
+
+class _Pending:
+    """One submitted request: its items, the results filled in so far, and its future."""
+
+    __slots__ = ("enqueued_at", "future", "items", "next", "remaining", "results")
+
+    def __init__(self, items: Sequence, future: asyncio.Future, now: float) -> None:
+        self.items = items
+        self.results: list = [None] * len(items)
+        self.remaining = len(items)
+        self.next = 0  # index of the first item not yet taken into a batch
+        self.future = future
+        self.enqueued_at = now
+
+
+class Batcher(Generic[Item, Result]):
+    """Merges concurrent :meth:`submit` calls into calls of ``run_batch``.
+
+    ``run_batch`` takes a list of items and returns a list of results, index-aligned. It
+    runs on ``executor`` when one is given (so the event loop keeps accepting requests
+    while the model runs, which is what lets batches form), inline otherwise.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[Item]], list[Result]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float = 0.0,
+        max_queue_size: int = 1024,
+        queue_timeout_s: float = 5.0,
+        merge_requests: bool = True,
+        executor: Executor | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        assert max_batch_size >= 1, f"max_batch_size must be >= 1, got {max_batch_size}"
+        assert max_queue_size >= 1, f"max_queue_size must be >= 1, got {max_queue_size}"
+        assert max_wait_s >= 0, f"max_wait_s must be >= 0, got {max_wait_s}"
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue_size = max_queue_size
+        self.queue_timeout_s = queue_timeout_s
+        self.merge_requests = merge_requests
+        self._executor = executor
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._queued_items = 0
+        self._arrived = asyncio.Event()  # set whenever the queue gains items
+        self._dispatcher: asyncio.Task | None = None
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    async def submit(self, items: Sequence[Item]) -> list[Result]:
+        """Run ``items`` in one or more batches; their results, in order."""
+        if not items:
+            return []
+        if self._queued_items + len(items) > self.max_queue_size:
+            raise QueueFull(self._queued_items, self.max_queue_size)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(items, loop.create_future(), loop.time())
+        self._queue.append(pending)
+        self._queued_items += len(items)
+        self._arrived.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = loop.create_task(self._dispatch())
+        return await pending.future
+
+    async def close(self) -> None:
+        """Stop dispatching and fail whatever is still queued."""
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(QueueTimeout("the server is shutting down"))
+        self._queued_items = 0
+
+    # --- the dispatcher -------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue  # the model was idle: run whatever arrived at once
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch)
+            await self._maybe_wait_for_more()
+
+    async def _maybe_wait_for_more(self) -> None:
+        """After a batch, give a not-yet-full queue until its oldest item's deadline to fill."""
+        if not self._queue or self.max_wait_s <= 0 or self._queued_items >= self.max_batch_size:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._queue[0].enqueued_at + self.max_wait_s - loop.time()
+        while delay > 0 and self._queued_items < self.max_batch_size:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), delay)
+            delay = self._queue[0].enqueued_at + self.max_wait_s - loop.time() if self._queue else 0
+
+    def _take_batch(self) -> list[tuple[_Pending, int, int]]:
+        """Pop up to ``max_batch_size`` items: (request, start, stop) slices, oldest first."""
+        now = asyncio.get_running_loop().time()
+        parts: list[tuple[_Pending, int, int]] = []
+        room = self.max_batch_size
+        while self._queue and room and (self.merge_requests or not parts):
+            pending = self._queue[0]
+            if pending.future.done():  # cancelled by its caller, or failed in an earlier batch
+                self._drop_head()
+                continue
+            if pending.next == 0 and now - pending.enqueued_at > self.queue_timeout_s:
+                self._drop_head()
+                pending.future.set_exception(
+                    QueueTimeout(f"waited {now - pending.enqueued_at:.1f} s in the queue")
+                )
+                continue
+            start = pending.next
+            stop = min(len(pending.items), start + room)
+            parts.append((pending, start, stop))
+            pending.next = stop
+            room -= stop - start
+            self._queued_items -= stop - start
+            if stop == len(pending.items):
+                self._queue.popleft()
+        return parts
+
+    def _drop_head(self) -> None:
+        pending = self._queue.popleft()
+        self._queued_items -= len(pending.items) - pending.next
+
+    async def _run(self, parts: list[tuple[_Pending, int, int]]) -> None:
+        items = [item for pending, start, stop in parts for item in pending.items[start:stop]]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wall = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            if self._executor is None:
+                results = self._run_batch(items)
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_batch, items)
+            if len(results) != len(items):
+                raise BatchSizeMismatch(
+                    f"run_batch returned {len(results)} results for {len(items)} items"
+                )
+        except Exception as exc:  # every caller of this batch hears of it
+            error = exc
+        run_s = time.perf_counter() - wall
+        self._settle(parts, results if error is None else None, error)
+        if self._on_batch is not None:
+            oldest = min(p.enqueued_at for p, _, _ in parts)
+            self._on_batch(BatchStats(len(items), len(parts), started - oldest, run_s, error is not None))
+
+    @staticmethod
+    def _settle(parts, results, error) -> None:
+        offset = 0
+        for pending, start, stop in parts:
+            if pending.future.done():
+                offset += stop - start
+                continue
+            if error is not None:
+                pending.future.set_exception(error)
+                continue
+            pending.results[start:stop] = results[offset : offset + stop - start]
+            offset += stop - start
+            pending.remaining -= stop - start
+            if pending.remaining == 0:
+                pending.future.set_result(pending.results)

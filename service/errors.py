@@ -1,0 +1,156 @@
+"""Every error the service sends: a 4xx/5xx status and a JSON object body.
+
+Body: ``{"error": "<what was wrong>", "detail": <where / why>, ...}``. Handlers below turn
+our own :class:`ApiError`, pydantic validation errors, framework HTTP errors and
+anything unexpected into that shape, so a client never sees a list or a bare text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a message and (optionally) where it happened."""
+
+    status = 400
+
+    def __init__(self, error: str, detail: Any = None, *, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.detail = detail
+        self.headers = headers
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.error}
+        if self.detail is not None:
+            body["detail"] = self.detail
+        return body
+
+
+class InvalidInput(ApiError):
+    status = 400
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class Unavailable(ApiError):
+    """Overloaded or not ready: the client may retry later."""
+
+    status = 503
+
+    def __init__(self, error: str, detail: Any = None, retry_after_s: int = 1) -> None:
+        super().__init__(error, detail, headers={"Retry-After": str(retry_after_s)})
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status, headers, "application/json")
+
+
+def location(loc: tuple[Any, ...]) -> str:
+    """``("images", 0, "list[...]", 3)`` -> ``"images[0][3]"`` (union branch names dropped)."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif "[" not in part and "(" not in part:  # skip pydantic's union-branch labels
+            text += f".{part}" if text else part
+    return text or "body"
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
+    """pydantic errors as ``[{"field": "images[0][3]", "message": ...}]``, one per place."""
+    seen: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_context=False):
+        seen.setdefault(location(err["loc"]), err["msg"])
+    return [{"field": field, "message": message} for field, message in list(seen.items())[:20]]
+
+
+def invalid_body(exc: ValidationError) -> InvalidInput:
+    detail = validation_detail(exc)
+    first = detail[0] if detail else {"field": "body", "message": "invalid"}
+    return InvalidInput(f"invalid request: {first['field']}: {first['message']}", detail)
+
+
+async def api_error_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return json_response(exc.body(), exc.status, exc.headers)
+
+
+async def http_error_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return json_response({"error": exc.detail or "HTTP error", "status": exc.status_code},
+                         exc.status_code, getattr(exc, "headers", None))
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response({"error": "internal server error", "detail": type(exc).__name__}, 500)
+
+
+class JsonErrors:
+    """Rewrites the framework's plain-text error answers (404, 405, 503 from /readyz, ...)
+    as ``{"error": <their text>}``, so that every error a client sees is a JSON object.
+
+    Answers that already are JSON, and all successful ones, pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def rewrite(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                if message["status"] < 400 or _is_json(message["headers"]):
+                    return await send(message)
+                start = message
+                return None
+            if start is None:
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return None
+            text = b"".join(chunks).decode("utf-8", "replace").strip() or "error"
+            body = json.dumps({"error": text, "status": start["status"]}).encode()
+            headers = [(k, v) for k, v in start["headers"]
+                       if k.lower() not in (b"content-type", b"content-length")]
+            headers += [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())]
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return None
+
+        await self.app(scope, receive, rewrite)
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"content-type" and b"json" in v for k, v in headers)

@@ -1,0 +1,204 @@
+"""One pipeline per task: decode -> batch -> predict -> unbatch -> encode.
+
+An *item* is one image, one history row or one sample to generate. ``decode_*`` turns a
+validated request into items (and checks what only the loaded model knows), the model's
+:class:`~service.batcher.Batcher` merges items of concurrent requests into one
+``run_batch`` call, and ``encode`` turns a request's results back into its response.
+The V2 protocol routes build items from tensors and share the same batchers.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from service.batcher import Batcher, BatchStats, QueueFull, QueueTimeout
+from service.errors import InvalidInput, PayloadTooLarge, Unavailable
+from service.metrics import ModelMetrics
+from service.runtime import LoadedModel
+from service.settings import BatchPolicy, Settings
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """A loaded model, its batcher and its metrics. Subclasses say how items batch."""
+
+    def __init__(self, model: LoadedModel, settings: Settings) -> None:
+        self.model = model
+        self.settings = settings
+        self.metrics = ModelMetrics(model.name)
+        policy: BatchPolicy = settings.batch_policy(model.name)
+        self._executor = (
+            ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.name}") if policy.run_in_thread else None
+        )
+        self.batcher: Batcher = Batcher(
+            self.run_batch,
+            max_batch_size=policy.max_batch_size,
+            max_wait_s=policy.max_wait_ms / 1000 if settings.batching else 0.0,
+            max_queue_size=policy.max_queue_size,
+            queue_timeout_s=policy.queue_timeout_s,
+            merge_requests=settings.batching,
+            executor=self._executor,
+            on_batch=self._on_batch,
+        )
+        self.max_batch_size = policy.max_batch_size
+
+    # --- to be provided by each task ------------------------------------------------------
+
+    def run_batch(self, items: list) -> list:
+        raise NotImplementedError
+
+    def example_items(self, n: int) -> list:
+        """``n`` valid items, for warm-up."""
+        raise NotImplementedError
+
+    # --- shared ---------------------------------------------------------------------------
+
+    async def infer(self, items: list) -> list:
+        """Results for ``items``, batched with other requests' items for this model."""
+        try:
+            results = await self.batcher.submit(items)
+        except QueueFull as exc:
+            self.metrics.rejected()
+            raise Unavailable(
+                f"{self.model.name} is overloaded: {exc}; retry later",
+                {"model": self.model.name}, retry_after_s=exc.retry_after_s,
+            ) from None
+        except QueueTimeout as exc:
+            self.metrics.error(503)
+            raise Unavailable(f"{self.model.name}: {exc}", {"model": self.model.name}) from None
+        self.metrics.request_done()
+        return results
+
+    def check_item_count(self, n: int, field: str) -> None:
+        limit = self.settings.max_items_per_request
+        if n > limit:
+            raise PayloadTooLarge(
+                f"{field}: {n} items is more than the limit of {limit} per request "
+                "(MODELSERVE_MAX_ITEMS_PER_REQUEST)", {"field": field, "limit": limit},
+            )
+
+    def warmup(self) -> list[int]:
+        """Run every batch size a power of two apart up to the maximum; returns the sizes."""
+        sizes = sorted({*(2**k for k in range(self.max_batch_size.bit_length())), self.max_batch_size})
+        for n in sizes:
+            results = self.run_batch(self.example_items(n))
+            assert len(results) == n, f"warm-up at batch {n} gave {len(results)} results"
+        return sizes
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        self.metrics.batch_done(stats, self.batcher.queued_items)
+
+
+class ClassifierPipeline(Pipeline):
+    """Items: (1, 8, 8) float32 images on the 0..16 scale. Results: (10,) probabilities."""
+
+    def decode(self, images: list) -> list[np.ndarray]:
+        self.check_item_count(len(images), "images")
+        return [np.asarray(image, dtype=np.float32).reshape(1, 8, 8) for image in images]
+
+    def run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        batch = np.stack(items)  # (B, 1, 8, 8)
+        probabilities = self.model.run({"images": batch})["probabilities"]  # (B, 10)
+        return list(probabilities)
+
+    def example_items(self, n: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(0)
+        return list(rng.uniform(0, 16, size=(n, 1, 8, 8)).astype(np.float32))
+
+    @staticmethod
+    def encode(results: list[np.ndarray]) -> dict[str, Any]:
+        probabilities = np.stack(results)
+        return {"labels": probabilities.argmax(axis=1).tolist(), "probabilities": probabilities.tolist()}
+
+
+class ForecasterPipeline(Pipeline):
+    """Items: 1-D float32 histories of any allowed length. Results: (H,) forecasts.
+
+    Rows are right-padded to the longest row of their batch; the model ignores padding
+    (each row's answer equals its answer alone), so batch mates never change a forecast.
+    """
+
+    def __init__(self, model: LoadedModel, settings: Settings) -> None:
+        super().__init__(model, settings)
+        serving = model.manifest.serving
+        self.min_length = int(serving.get("min_length", 1))
+        self.max_length = settings.max_series_length or int(serving.get("max_length", 4096))
+        self.horizon = model.manifest.outputs[0].shape[-1]
+
+    def decode(self, series: list[list[float]]) -> list[np.ndarray]:
+        self.check_item_count(len(series), "series")
+        rows = []
+        for i, values in enumerate(series):
+            if not self.min_length <= len(values) <= self.max_length:
+                raise InvalidInput(
+                    f"series[{i}] has {len(values)} values; the forecaster takes "
+                    f"{self.min_length} to {self.max_length}",
+                    {"field": f"series[{i}]", "min_length": self.min_length, "max_length": self.max_length},
+                )
+            row = np.asarray(values, dtype=np.float32)
+            if not np.isfinite(row).all():
+                raise InvalidInput(f"series[{i}] has a value too large for float32",
+                                   {"field": f"series[{i}]"})
+            rows.append(row)
+        return rows
+
+    def run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        lengths = np.fromiter((len(row) for row in items), dtype=np.int64, count=len(items))
+        history = np.zeros((len(items), int(lengths.max())), dtype=np.float32)  # (B, T)
+        for i, row in enumerate(items):
+            history[i, : len(row)] = row
+        self.metrics.padded_fraction(1.0 - lengths.sum() / history.size)
+        forecast = self.model.run({"history": history, "lengths": lengths})["forecast"]  # (B, H)
+        return list(forecast)
+
+    def example_items(self, n: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(0)
+        lengths = rng.integers(self.min_length, min(self.max_length, 520) + 1, size=n)
+        return [(350 + rng.standard_normal(int(t))).astype(np.float32) for t in lengths]
+
+    @staticmethod
+    def encode(results: list[np.ndarray]) -> dict[str, Any]:
+        return {"forecasts": np.stack(results).tolist()}
+
+
+class GeneratorPipeline(Pipeline):
+    """Items: (latent (L,) float32, label int). Results: (1, 8, 8) images on 0..16."""
+
+    def __init__(self, model: LoadedModel, settings: Settings) -> None:
+        super().__init__(model, settings)
+        self.latent_dim = model.manifest.input("latent").shape[-1]
+
+    def decode(self, labels: list[int], seed: int) -> list[tuple[np.ndarray, int]]:
+        self.check_item_count(len(labels), "labels")
+        return self._items(labels, seed)
+
+    def _items(self, labels: list[int], seed: int) -> list[tuple[np.ndarray, int]]:
+        # Noise comes from the request's own seed, so an image never depends on batch mates.
+        rng = np.random.default_rng(seed)
+        latent = rng.standard_normal((len(labels), self.latent_dim), dtype=np.float32)  # (n, L)
+        return list(zip(latent, labels, strict=True))
+
+    def run_batch(self, items: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        latent = np.stack([z for z, _ in items])  # (B, L)
+        labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
+        images = self.model.run({"latent": latent, "labels": labels})["images"]  # (B, 1, 8, 8)
+        return list(images)
+
+    def example_items(self, n: int) -> list[tuple[np.ndarray, int]]:
+        return self._items([i % 10 for i in range(n)], seed=0)
+
+
+PIPELINES: dict[str, type[Pipeline]] = {
+    "image-classification": ClassifierPipeline,
+    "time-series-forecasting": ForecasterPipeline,
+    "conditional-image-generation": GeneratorPipeline,
+}

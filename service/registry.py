@@ -1,0 +1,109 @@
+"""Which models this worker serves, and whether every worker is ready.
+
+At start-up each configured model is verified (sha256 against its manifest), loaded into
+ONNX Runtime and warmed up at every batch size. A model that fails any step is not
+served, is named in the log, and keeps ``/readyz`` at 503; the others still serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from modelstore import list_models
+from service.errors import NotFound, Unavailable
+from service.metrics import mark_ready
+from service.pipelines import PIPELINES, Pipeline
+from service.runtime import LoadedModel, ModelLoadError, SessionConfig, choose_providers
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    """The pipelines of this worker, by model name, and the models that failed to load."""
+
+    def __init__(self, pipelines: dict[str, Pipeline], failures: dict[str, str]) -> None:
+        self.pipelines = pipelines
+        self.failures = failures
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRegistry:
+        names = settings.models or list_models(settings.model_store)
+        failures: dict[str, str] = {}
+        if not names:
+            failures["*"] = f"no models found in {settings.model_store}"
+            log.error("no models to serve: %s is empty or missing (MODELSERVE_MODEL_STORE)",
+                      settings.model_store)
+        config = SessionConfig(tuple(choose_providers(settings.provider)), settings.threads_per_session)
+        pipelines: dict[str, Pipeline] = {}
+        for name in names:
+            try:
+                pipelines[name] = cls._load_one(settings, name, config)
+            except ModelLoadError as exc:
+                failures[name] = str(exc)
+                log.error("model %s is NOT served: %s", name, exc)
+        return cls(pipelines, failures)
+
+    @staticmethod
+    def _load_one(settings: Settings, name: str, config: SessionConfig) -> Pipeline:
+        model = LoadedModel.load(settings.model_store, name, settings.model_versions.get(name), config)
+        pipeline_type = PIPELINES.get(model.manifest.task)
+        if pipeline_type is None:
+            raise ModelLoadError(f"{model.label}: no pipeline serves task {model.manifest.task!r}")
+        pipeline = pipeline_type(model, settings)
+        sizes = pipeline.warmup()
+        mark_ready(name, model.version)
+        log.info("%s ready on %s (%d intra-op threads), warmed up at batch sizes %s",
+                 model.label, model.provider, config.intra_op_threads, sizes)
+        return pipeline
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.pipelines) and not self.failures
+
+    def pipeline(self, name: str) -> Pipeline:
+        pipeline = self.pipelines.get(name)
+        if pipeline is not None:
+            return pipeline
+        if name in self.failures:
+            raise Unavailable(f"model {name!r} is not available: it failed to load",
+                              {"model": name, "reason": self.failures[name]}, retry_after_s=60)
+        raise NotFound(f"unknown model {name!r}", {"model": name, "available": sorted(self.pipelines)})
+
+    def close(self) -> None:
+        for pipeline in self.pipelines.values():
+            pipeline.close()
+
+
+class WorkerBoard:
+    """Readiness across worker processes: each ready worker leaves a note in a shared folder.
+
+    BentoML routes a probe to any one worker, but "ready" must mean every worker is. The
+    folder is the Prometheus multi-process folder, which BentoML empties at each start.
+    """
+
+    def __init__(self, directory: str | None, worker_index: int | None, workers: int) -> None:
+        self.directory = Path(directory) if directory else None
+        self.worker_index = worker_index or 1
+        self.workers = workers if self.directory else 1
+
+    def announce_ready(self) -> None:
+        if self.directory is not None:
+            (self.directory / f"ready-{self.worker_index}").write_text(str(os.getpid()))
+
+    def all_ready(self) -> bool:
+        if self.directory is None:
+            return True
+        return all(self._alive(self.directory / f"ready-{i}") for i in range(1, self.workers + 1))
+
+    @staticmethod
+    def _alive(note: Path) -> bool:
+        try:
+            os.kill(int(note.read_text()), 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return False
+        except PermissionError:  # exists, owned by someone else
+            return True
+        return True

@@ -1,0 +1,106 @@
+"""HTTP request and response bodies of the task endpoints, with OpenAPI examples.
+
+Element-wise checks (types, the 0..16 pixel range, label range, finiteness) run here, in
+pydantic's compiled validator, so an error names its exact place (``images[2][0][7]``).
+Checks that depend on the loaded model (minimum history length, item limits) run in
+``service.pipelines``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from annotated_types import Len
+from pydantic import BaseModel, ConfigDict, Field
+
+Pixel = Annotated[float, Field(strict=True, ge=0, le=16, allow_inf_nan=False)]
+Image8x8 = Annotated[list[Annotated[list[Pixel], Len(8, 8)]], Len(8, 8)]
+Image1x8x8 = Annotated[list[Image8x8], Len(1, 1)]
+Value = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Digit = Annotated[int, Field(strict=True, ge=0, le=9)]
+
+_ZERO = [0.0] * 8
+_EXAMPLE_DIGIT = [  # a "0" from scikit-learn's digits, 0..16
+    [0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0, 11, 8, 0],
+    [0, 4, 12, 0, 0, 8, 8, 0], [0, 5, 8, 0, 0, 9, 8, 0], [0, 4, 11, 0, 1, 12, 7, 0],
+    [0, 2, 14, 5, 10, 12, 0, 0], [0, 0, 6, 13, 10, 0, 0, 0],
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassifyRequest(_Strict):
+    """8x8 digit images, pixel values 0 (background) to 16 (ink), like scikit-learn's digits."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"images": [_EXAMPLE_DIGIT]}]})
+
+    images: Annotated[list[Image8x8 | Image1x8x8], Len(1)] = Field(
+        description="n images, each [8][8] or [1][8][8], values 0..16"
+    )
+
+
+class ClassifyResponse(_Strict):
+    labels: list[int] = Field(description="the most probable digit of each image")
+    probabilities: list[list[float]] = Field(description="per image, 10 class probabilities")
+
+
+class ClassifyImageResponse(_Strict):
+    label: int
+    probabilities: list[float] = Field(description="10 class probabilities")
+
+
+class ForecastRequest(_Strict):
+    """Histories of weekly CO2 readings (ppm), oldest first; rows may differ in length."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"series": [[315.0 + 0.03 * t + 3 * ((t % 52) / 52 - 0.5) for t in range(120)]]}
+    ]})
+
+    series: Annotated[list[Annotated[list[Value], Len(1)]], Len(1)] = Field(
+        description="n rows, each at least the model's minimum length (GET /v2/models/forecaster)"
+    )
+
+
+class ForecastResponse(_Strict):
+    forecasts: list[list[float]] = Field(description="per row, the next H values")
+
+
+class GenerateRequest(_Strict):
+    """Digits to draw. The same labels and seed always give the same images."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"labels": [0, 1, 2], "seed": 7, "format": "png"},
+        {"labels": [8], "format": "array"},
+    ]})
+
+    labels: Annotated[list[Digit], Len(1)] = Field(description="one digit 0..9 per image")
+    seed: Annotated[int, Field(strict=True, ge=0, lt=2**63)] | None = Field(
+        None, description="seed of the latent noise; omitted: a random one"
+    )
+    format: Literal["png", "array"] = Field(
+        "png", description="png: base64 8x8 greyscale PNGs, dark ink on white; array: 0..16 values"
+    )
+
+
+class GenerateResponse(_Strict):
+    images: list[str] | list[list[list[float]]] = Field(
+        description="base64 PNG strings, or [8][8] arrays on the 0..16 scale"
+    )
+    seed: int = Field(description="the seed used (echoes the request's, or the random one)")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: str = Field(description="what was wrong")
+    detail: object | None = Field(None, description="where: e.g. [{field, message}, ...]")
+
+
+ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "malformed or invalid input"},
+    413: {"model": ErrorResponse, "description": "body too large"},
+    415: {"model": ErrorResponse, "description": "unsupported media type"},
+    503: {"model": ErrorResponse, "description": "overloaded or model not ready; see Retry-After"},
+}

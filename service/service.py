@@ -1,0 +1,78 @@
+"""The BentoML service: process model, lifecycle, readiness and configuration.
+
+BentoML runs the workers, their start-up and shutdown, ``/livez`` and ``/readyz``, and
+``bentoml build``/``containerize``. The request path is the mounted app in
+``service.app``; the settings that keep BentoML's per-request cost down are below, each
+measured in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+import bentoml
+from bentoml._internal.context import server_context
+
+from service.app import INFERENCE_ROUTES, create_app
+from service.errors import JsonErrors
+from service.registry import ModelRegistry, WorkerBoard
+from service.settings import get_settings
+
+# BentoML sets the root logger to WARNING; model loading and readiness are worth an INFO line.
+logging.getLogger("service").setLevel(logging.INFO)
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+app = create_app()
+
+
+@bentoml.service(
+    name="modelserve",
+    workers=settings.worker_count,
+    traffic={
+        # BentoML arms a timer per request for this and keeps its context alive until it
+        # fires; a short one keeps the heap (and GC pauses) small. Our own deadline is the
+        # batch queue timeout.
+        "timeout": settings.http_timeout_s,
+    },
+    # Per-request Prometheus middleware off; the service records its metrics per batch
+    # and serves them on its own /metrics.
+    metrics={"enabled": False},
+    logging={"access": {"enabled": settings.access_log}},
+    # OpenTelemetry records spans per request even when nothing samples them.
+    tracing={"excluded_urls": INFERENCE_ROUTES},
+)
+@bentoml.asgi_app(app, path="/")
+class ModelService:
+    """Serves every model in the model store; see README.md for the endpoints."""
+
+    def __init__(self) -> None:
+        self.registry = ModelRegistry.load(settings)
+        self.board = WorkerBoard(
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+            server_context.worker_index,
+            settings.worker_count,
+        )
+        app.state.registry = self.registry
+
+    @bentoml.on_startup
+    def settle(self) -> None:
+        # The framework and the models are loaded for good: take them out of every future
+        # garbage collection, which otherwise walks them again and again under load.
+        gc.collect()
+        gc.freeze()
+        if self.registry.ready:
+            self.board.announce_ready()
+
+    def __is_ready__(self) -> bool:
+        return self.registry.ready and self.board.all_ready()
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.registry.close()
+
+
+# Framework answers (unknown paths, /readyz while not ready) become JSON objects too.
+ModelService.add_asgi_middleware(JsonErrors)

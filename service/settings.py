@@ -1,0 +1,127 @@
+"""Every knob of the service, in one typed object read from ``MODELSERVE_*`` variables.
+
+The defaults serve the committed ``model_store/`` out of the box. Values are checked once,
+at start-up, and a bad one stops the server with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchPolicy(BaseModel):
+    """How requests for one model are merged into ONNX Runtime calls (see docs/batching.md)."""
+
+    # Most items (images, rows, samples) in one ONNX Runtime call. Requests are merged up
+    # to this; a larger request is split into several calls.
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    # Longest a formed batch waits for more items, and only while the model is busy: a
+    # request that finds the model idle runs at once. 0 = never wait.
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    # Most items waiting per model and worker; beyond it requests get 503 + Retry-After.
+    max_queue_size: int = Field(1024, ge=1)
+    # A queued item older than this is answered 503 instead of being run late.
+    queue_timeout_s: float = Field(5.0, gt=0)
+    # Run ONNX Runtime on a helper thread (the event loop keeps parsing requests meanwhile)
+    # rather than inline on the event loop.
+    run_in_thread: bool = True
+
+
+class Settings(BaseSettings):
+    """Service configuration. Each field is read from ``MODELSERVE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELSERVE_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    # Folder holding <name>/<version>/{model.onnx,manifest.json}.
+    model_store: Path = Path("model_store")
+    # Models to serve; empty = every model in the store.
+    models: list[str] = []
+    # Pin versions, e.g. '{"classifier": 1}'; unpinned models serve their highest version.
+    model_versions: dict[str, int] = {}
+    # Execution provider: "auto" (CUDA when a GPU and onnxruntime-gpu are present), "cpu", "cuda".
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # HTTP worker processes; 0 = one per core.
+    workers: int = Field(0, ge=0, le=64)
+    # ONNX Runtime intra-op threads per session; 0 = cores / workers (at least 1).
+    intra_op_threads: int = Field(0, ge=0, le=256)
+    # Batching on or off (off: each request is one ONNX Runtime call, still queue-bounded).
+    batching: bool = True
+    # The default batch policy, and per-model overrides, e.g.
+    # MODELSERVE_BATCH__MAX_BATCH_SIZE=32 or
+    # MODELSERVE_BATCH_OVERRIDES='{"forecaster": {"max_batch_size": 16}}'.
+    batch: BatchPolicy = BatchPolicy()
+    batch_overrides: dict[str, BatchPolicy] = {}
+    # Largest request body accepted (413 beyond it).
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Most items (images, rows, labels) in one request (400 beyond it).
+    max_items_per_request: int = Field(1024, ge=1)
+    # Longest forecaster history row accepted (0 = the model's recommended maximum).
+    max_series_length: int = Field(0, ge=0)
+    # Largest decoded image for /classify_image, in pixels (guards against decompression bombs).
+    max_image_pixels: int = Field(16_000_000, ge=64)
+    # BentoML's own per-request timeout (seconds); the batch queue_timeout_s bounds the wait.
+    http_timeout_s: float = Field(30.0, gt=0)
+    # One log line per request (BentoML's access log). Off by default: it costs throughput.
+    access_log: bool = False
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        for name in self.batch_overrides:
+            if self.models and name not in self.models:
+                raise ValueError(
+                    f"MODELSERVE_BATCH_OVERRIDES names {name!r}, which is not in MODELSERVE_MODELS"
+                )
+        for name, policy in {"default": self.batch, **self.batch_overrides}.items():
+            if policy.max_queue_size < self.max_items_per_request:
+                raise ValueError(
+                    f"batch policy {name!r}: max_queue_size ({policy.max_queue_size}) is smaller "
+                    f"than MODELSERVE_MAX_ITEMS_PER_REQUEST ({self.max_items_per_request}), so the "
+                    "largest allowed request could never be queued: raise the queue size or "
+                    "lower the item limit"
+                )
+        return self
+
+    def batch_policy(self, model: str) -> BatchPolicy:
+        return self.batch_overrides.get(model, self.batch)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+    @property
+    def threads_per_session(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.worker_count)
+
+
+class SettingsError(RuntimeError):
+    """The environment holds a value the service cannot start with."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Raises :class:`SettingsError` with the fix."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MODELSERVE_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid service configuration: {problems}") from None
