@@ -18,7 +18,18 @@ from modelstore.manifest import (
 )
 
 __all__ = [
-    "MANIFEST_FILE", "MODEL_FILE", "IntegrityError", "Manifest", "ManifestError", "TensorSpec",
-    "latest_version", "list_models", "list_versions", "load_verified", "publish",
-    "read_manifest", "sha256_of", "verify",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "IntegrityError",
+    "Manifest",
+    "ManifestError",
+    "TensorSpec",
+    "latest_version",
+    "list_models",
+    "list_versions",
+    "load_verified",
+    "publish",
+    "read_manifest",
+    "sha256_of",
+    "verify",
 ]

@@ -29,8 +29,21 @@ FORMAT_VERSION = 1
 
 # Open Inference Protocol (KServe V2) datatype names; the manifest uses no other spelling.
 DATATYPES = frozenset(
-    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-     "FP16", "FP32", "FP64", "BYTES"}
+    {
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BYTES",
+    }
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -56,8 +69,7 @@ class TensorSpec:
             raise ManifestError("tensor name must be non-empty")
         if self.datatype not in DATATYPES:
             raise ManifestError(
-                f"tensor {self.name!r}: datatype {self.datatype!r} "
-                f"is not one of {sorted(DATATYPES)}"
+                f"tensor {self.name!r}: datatype {self.datatype!r} is not one of {sorted(DATATYPES)}"
             )
         shape = tuple(int(d) for d in self.shape)
         if any(d < -1 or d == 0 for d in shape):
@@ -101,9 +113,7 @@ class Manifest:
         if not _NAME.match(self.name):
             raise ManifestError(f"model name {self.name!r} must match {_NAME.pattern}")
         if not isinstance(self.version, int) or self.version < 1:
-            raise ManifestError(
-                f"{self.name}: version must be a positive integer, got {self.version!r}"
-            )
+            raise ManifestError(f"{self.name}: version must be a positive integer, got {self.version!r}")
         if not self.inputs or not self.outputs:
             raise ManifestError(f"{self.name}: a model needs at least one input and one output")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
@@ -114,9 +124,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ManifestError(
-                f"unsupported manifest format_version {data.get('format_version')!r}"
-            )
+            raise ManifestError(f"unsupported manifest format_version {data.get('format_version')!r}")
         try:
             return cls(
                 name=data["name"],
@@ -227,7 +235,8 @@ def list_versions(store: Path, name: str) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(
-        int(p.name) for p in model_dir.iterdir()
+        int(p.name)
+        for p in model_dir.iterdir()
         if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MANIFEST_FILE).is_file()
     )
 
@@ -242,8 +251,9 @@ def latest_version(store: Path, name: str) -> int:
 # --- writing -----------------------------------------------------------------------------
 
 
-def publish(store: Path, manifest_fields: dict[str, Any], model_file: Path,
-            extra_files: list[Path] = ()) -> Manifest:
+def publish(
+    store: Path, manifest_fields: dict[str, Any], model_file: Path, extra_files: list[Path] = ()
+) -> Manifest:
     """Write ``model_file`` as the next free version of ``manifest_fields["name"]``.
 
     ``manifest_fields`` holds every :class:`Manifest` field except ``version`` and

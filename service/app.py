@@ -90,15 +90,34 @@ def task_route(model: str) -> Callable:
 
 
 def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": schema.model_json_schema()}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema.model_json_schema()}},
+        }
+    }
 
 
-_MULTIPART_IMAGE = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["image"],
-    "properties": {"image": {"type": "string", "format": "binary",
-                             "description": "PNG or JPEG, any size, dark digit on a light background"}},
-}}}}}
+_MULTIPART_IMAGE = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG or JPEG, any size, dark digit on a light background",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 # --- task endpoints ----------------------------------------------------------------------
@@ -185,8 +204,11 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
     def _error(self, size: int) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the request body ({size} bytes or more) is over the limit of "
-                               f"{self.limit} bytes (MODELSERVE_MAX_BODY_BYTES)", {"limit": self.limit})
+        return PayloadTooLarge(
+            f"the request body ({size} bytes or more) is over the limit of "
+            f"{self.limit} bytes (MODELSERVE_MAX_BODY_BYTES)",
+            {"limit": self.limit},
+        )
 
 
 def create_app() -> FastAPI:
@@ -198,21 +220,51 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    errors = {400: {"model": schemas.ErrorResponse, "description": "invalid input"},
-              **schemas.ERROR_RESPONSES}
+    errors = {
+        400: {"model": schemas.ErrorResponse, "description": "invalid input"},
+        **schemas.ERROR_RESPONSES,
+    }
     routes = [
-        ("/classify", classify, schemas.ClassifyResponse, _openapi_body(schemas.ClassifyRequest),
-         "Classify 8x8 digit images (0..16 pixel values)"),
-        ("/classify_image", classify_image, schemas.ClassifyImageResponse, _MULTIPART_IMAGE,
-         "Classify a PNG or JPEG of a handwritten digit"),
-        ("/forecast", forecast, schemas.ForecastResponse, _openapi_body(schemas.ForecastRequest),
-         "Forecast the next weeks of CO2 concentration from variable-length histories"),
-        ("/generate", generate, schemas.GenerateResponse, _openapi_body(schemas.GenerateRequest),
-         "Generate digit images of the given classes"),
+        (
+            "/classify",
+            classify,
+            schemas.ClassifyResponse,
+            _openapi_body(schemas.ClassifyRequest),
+            "Classify 8x8 digit images (0..16 pixel values)",
+        ),
+        (
+            "/classify_image",
+            classify_image,
+            schemas.ClassifyImageResponse,
+            _MULTIPART_IMAGE,
+            "Classify a PNG or JPEG of a handwritten digit",
+        ),
+        (
+            "/forecast",
+            forecast,
+            schemas.ForecastResponse,
+            _openapi_body(schemas.ForecastRequest),
+            "Forecast the next weeks of CO2 concentration from variable-length histories",
+        ),
+        (
+            "/generate",
+            generate,
+            schemas.GenerateResponse,
+            _openapi_body(schemas.GenerateRequest),
+            "Generate digit images of the given classes",
+        ),
     ]
     for path, endpoint, response_model, extra, summary in routes:
-        app.add_api_route(path, endpoint, methods=["POST"], response_model=response_model,
-                          responses=errors, openapi_extra=extra, summary=summary, tags=["tasks"])
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            response_model=response_model,
+            responses=errors,
+            openapi_extra=extra,
+            summary=summary,
+            tags=["tasks"],
+        )
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)

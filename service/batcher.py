@@ -213,9 +213,7 @@ class Batcher(Generic[Item, Result]):
             else:
                 results = await loop.run_in_executor(self._executor, self._run_batch, items)
             if len(results) != len(items):
-                raise BatchSizeMismatch(
-                    f"run_batch returned {len(results)} results for {len(items)} items"
-                )
+                raise BatchSizeMismatch(f"run_batch returned {len(results)} results for {len(items)} items")
         except Exception as exc:  # every caller of this batch hears of it
             error = exc
         run_s = time.perf_counter() - wall

@@ -25,8 +25,14 @@ class ApiError(Exception):
 
     status = 400
 
-    def __init__(self, error: str, detail: Any = None, *, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        detail: Any = None,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(error)
         self.error = error
         self.detail = detail
@@ -102,8 +108,11 @@ async def api_error_handler(_: Request, exc: Exception) -> Response:
 
 async def http_error_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return json_response({"error": exc.detail or "HTTP error", "status": exc.status_code},
-                         exc.status_code, getattr(exc, "headers", None))
+    return json_response(
+        {"error": exc.detail or "HTTP error", "status": exc.status_code},
+        exc.status_code,
+        getattr(exc, "headers", None),
+    )
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
@@ -141,10 +150,10 @@ class JsonErrors:
                 return None
             text = b"".join(chunks).decode("utf-8", "replace").strip() or "error"
             body = json.dumps({"error": text, "status": start["status"]}).encode()
-            headers = [(k, v) for k, v in start["headers"]
-                       if k.lower() not in (b"content-type", b"content-length")]
-            headers += [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())]
+            headers = [
+                (k, v) for k, v in start["headers"] if k.lower() not in (b"content-type", b"content-length")
+            ]
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return None

@@ -28,11 +28,11 @@ def digit_from_image(data: bytes, max_pixels: int, field: str = "image") -> np.n
     rows, cols = np.nonzero(ink > _INK_THRESHOLD)
     if rows.size == 0:
         raise InvalidInput(f"{field}: no digit found (the image has no dark strokes)", {"field": field})
-    ink = ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     side = max(ink.shape)
     square = np.zeros((side, side), dtype=np.float32)
     top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
-    square[top: top + ink.shape[0], left: left + ink.shape[1]] = ink
+    square[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
     small = Image.fromarray(square).resize((8, 8), Image.Resampling.BOX)
     digit = np.asarray(small, dtype=np.float32)
     return np.clip(digit / max(float(digit.max()), 1e-6) * 16.0, 0.0, 16.0)
@@ -41,8 +41,12 @@ def digit_from_image(data: bytes, max_pixels: int, field: str = "image") -> np.n
 def _open(data: bytes, max_pixels: int, field: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{field}: too many pixels ({exc})", {"field": field}) from None
     except UnidentifiedImageError:
         raise UnsupportedMediaType(f"{field}: not a PNG or JPEG image", {"field": field}) from None
+    except Exception as exc:  # a recognised format with a broken header
+        raise InvalidInput(f"{field}: the image data is corrupt ({exc})", {"field": field}) from None
     if image.format not in ACCEPTED_FORMATS:
         raise UnsupportedMediaType(
             f"{field}: {image.format} images are not accepted; send PNG or JPEG", {"field": field}

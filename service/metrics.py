@@ -24,8 +24,23 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from service.batcher import BatchStats
 
 _NS = "modelserve"
-_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                    0.25, 0.5, 1.0, 2.5, 5.0)
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter(f"{_NS}_requests", "Requests answered successfully", ["model"])
@@ -33,20 +48,31 @@ ITEMS = Counter(f"{_NS}_items", "Items (images, rows, samples) inferred", ["mode
 ERRORS = Counter(f"{_NS}_errors", "Requests answered with an error", ["model", "status"])
 REJECTED = Counter(f"{_NS}_rejected", "Requests refused because the queue was full", ["model"])
 BATCHES = Counter(f"{_NS}_batches", "ONNX Runtime calls", ["model"])
-BATCH_SIZE = Histogram(f"{_NS}_batch_size", "Items per ONNX Runtime call", ["model"],
-                       buckets=_BATCH_BUCKETS)
-QUEUE_WAIT = Histogram(f"{_NS}_queue_wait_seconds",
-                       "Wait of the oldest request in each batch before it ran", ["model"],
-                       buckets=_LATENCY_BUCKETS)
-INFERENCE = Histogram(f"{_NS}_inference_seconds", "Wall time of each ONNX Runtime call",
-                      ["model"], buckets=_LATENCY_BUCKETS)
-PADDED = Histogram(f"{_NS}_padded_fraction",
-                   "Fraction of each forecaster batch that is padding", ["model"],
-                   buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
-QUEUED = Gauge(f"{_NS}_queued_items", "Items waiting, summed over workers", ["model"],
-               multiprocess_mode="livesum")
-READY = Gauge(f"{_NS}_model_ready", "1 when the model is loaded, verified and warm",
-              ["model", "version"], multiprocess_mode="livemax")
+BATCH_SIZE = Histogram(f"{_NS}_batch_size", "Items per ONNX Runtime call", ["model"], buckets=_BATCH_BUCKETS)
+QUEUE_WAIT = Histogram(
+    f"{_NS}_queue_wait_seconds",
+    "Wait of the oldest request in each batch before it ran",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+INFERENCE = Histogram(
+    f"{_NS}_inference_seconds", "Wall time of each ONNX Runtime call", ["model"], buckets=_LATENCY_BUCKETS
+)
+PADDED = Histogram(
+    f"{_NS}_padded_fraction",
+    "Fraction of each forecaster batch that is padding",
+    ["model"],
+    buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+QUEUED = Gauge(
+    f"{_NS}_queued_items", "Items waiting, summed over workers", ["model"], multiprocess_mode="livesum"
+)
+READY = Gauge(
+    f"{_NS}_model_ready",
+    "1 when the model is loaded, verified and warm",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
 
 
 class ModelMetrics:

@@ -66,7 +66,8 @@ class Pipeline:
             self.metrics.rejected()
             raise Unavailable(
                 f"{self.model.name} is overloaded: {exc}; retry later",
-                {"model": self.model.name}, retry_after_s=exc.retry_after_s,
+                {"model": self.model.name},
+                retry_after_s=exc.retry_after_s,
             ) from None
         except QueueTimeout as exc:
             self.metrics.error(503)
@@ -79,7 +80,8 @@ class Pipeline:
         if n > limit:
             raise PayloadTooLarge(
                 f"{field}: {n} items is more than the limit of {limit} per request "
-                "(MODELSERVE_MAX_ITEMS_PER_REQUEST)", {"field": field, "limit": limit},
+                "(MODELSERVE_MAX_ITEMS_PER_REQUEST)",
+                {"field": field, "limit": limit},
             )
 
     def warmup(self) -> list[int]:
@@ -146,8 +148,9 @@ class ForecasterPipeline(Pipeline):
                 )
             row = np.asarray(values, dtype=np.float32)
             if not np.isfinite(row).all():
-                raise InvalidInput(f"series[{i}] has a value too large for float32",
-                                   {"field": f"series[{i}]"})
+                raise InvalidInput(
+                    f"series[{i}] has a value too large for float32", {"field": f"series[{i}]"}
+                )
             rows.append(row)
         return rows
 

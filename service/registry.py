@@ -34,8 +34,9 @@ class ModelRegistry:
         failures: dict[str, str] = {}
         if not names:
             failures["*"] = f"no models found in {settings.model_store}"
-            log.error("no models to serve: %s is empty or missing (MODELSERVE_MODEL_STORE)",
-                      settings.model_store)
+            log.error(
+                "no models to serve: %s is empty or missing (MODELSERVE_MODEL_STORE)", settings.model_store
+            )
         config = SessionConfig(tuple(choose_providers(settings.provider)), settings.threads_per_session)
         pipelines: dict[str, Pipeline] = {}
         for name in names:
@@ -55,8 +56,13 @@ class ModelRegistry:
         pipeline = pipeline_type(model, settings)
         sizes = pipeline.warmup()
         mark_ready(name, model.version)
-        log.info("%s ready on %s (%d intra-op threads), warmed up at batch sizes %s",
-                 model.label, model.provider, config.intra_op_threads, sizes)
+        log.info(
+            "%s ready on %s (%d intra-op threads), warmed up at batch sizes %s",
+            model.label,
+            model.provider,
+            config.intra_op_threads,
+            sizes,
+        )
         return pipeline
 
     @property
@@ -68,8 +74,11 @@ class ModelRegistry:
         if pipeline is not None:
             return pipeline
         if name in self.failures:
-            raise Unavailable(f"model {name!r} is not available: it failed to load",
-                              {"model": name, "reason": self.failures[name]}, retry_after_s=60)
+            raise Unavailable(
+                f"model {name!r} is not available: it failed to load",
+                {"model": name, "reason": self.failures[name]},
+                retry_after_s=60,
+            )
         raise NotFound(f"unknown model {name!r}", {"model": name, "available": sorted(self.pipelines)})
 
     def close(self) -> None:

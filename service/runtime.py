@@ -22,11 +22,24 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
-NUMPY_DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
-                "INT32": np.int32, "UINT8": np.uint8, "BOOL": np.bool_}
-_ORT_TYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
-              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(uint8)": "UINT8",
-              "tensor(bool)": "BOOL"}
+NUMPY_DTYPES = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
+_ORT_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+}
 
 # ONNX Runtime logs warnings (e.g. about nodes placed on the CPU) at session creation that
 # read like failures but are not; errors still come through.
@@ -131,9 +144,14 @@ class LoadedModel:
             ("input", self.manifest.inputs, self.session.get_inputs()),
             ("output", self.manifest.outputs, self.session.get_outputs()),
         ):
-            found = [TensorSpec(a.name, _ORT_TYPES.get(a.type, a.type),
-                                tuple(d if isinstance(d, int) else -1 for d in a.shape))
-                     for a in actual]
+            found = [
+                TensorSpec(
+                    a.name,
+                    _ORT_TYPES.get(a.type, a.type),
+                    tuple(d if isinstance(d, int) else -1 for d in a.shape),
+                )
+                for a in actual
+            ]
             if list(declared) != found:
                 raise ModelLoadError(
                     f"{self.label}: the graph's {kind}s {found} differ from the manifest's {list(declared)}"

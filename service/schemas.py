@@ -21,9 +21,14 @@ Digit = Annotated[int, Field(strict=True, ge=0, le=9)]
 
 _ZERO = [0.0] * 8
 _EXAMPLE_DIGIT = [  # a "0" from scikit-learn's digits, 0..16
-    [0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0, 11, 8, 0],
-    [0, 4, 12, 0, 0, 8, 8, 0], [0, 5, 8, 0, 0, 9, 8, 0], [0, 4, 11, 0, 1, 12, 7, 0],
-    [0, 2, 14, 5, 10, 12, 0, 0], [0, 0, 6, 13, 10, 0, 0, 0],
+    [0, 0, 5, 13, 9, 1, 0, 0],
+    [0, 0, 13, 15, 10, 15, 5, 0],
+    [0, 3, 15, 2, 0, 11, 8, 0],
+    [0, 4, 12, 0, 0, 8, 8, 0],
+    [0, 5, 8, 0, 0, 9, 8, 0],
+    [0, 4, 11, 0, 1, 12, 7, 0],
+    [0, 2, 14, 5, 10, 12, 0, 0],
+    [0, 0, 6, 13, 10, 0, 0, 0],
 ]
 
 
@@ -54,9 +59,11 @@ class ClassifyImageResponse(_Strict):
 class ForecastRequest(_Strict):
     """Histories of weekly CO2 readings (ppm), oldest first; rows may differ in length."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"series": [[315.0 + 0.03 * t + 3 * ((t % 52) / 52 - 0.5) for t in range(120)]]}
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"series": [[315.0 + 0.03 * t + 3 * ((t % 52) / 52 - 0.5) for t in range(120)]]}]
+        }
+    )
 
     series: Annotated[list[Annotated[list[Value], Len(1)]], Len(1)] = Field(
         description="n rows, each at least the model's minimum length (GET /v2/models/forecaster)"
@@ -70,10 +77,14 @@ class ForecastResponse(_Strict):
 class GenerateRequest(_Strict):
     """Digits to draw. The same labels and seed always give the same images."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"labels": [0, 1, 2], "seed": 7, "format": "png"},
-        {"labels": [8], "format": "array"},
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"labels": [0, 1, 2], "seed": 7, "format": "png"},
+                {"labels": [8], "format": "array"},
+            ]
+        }
+    )
 
     labels: Annotated[list[Digit], Len(1)] = Field(description="one digit 0..9 per image")
     seed: Annotated[int, Field(strict=True, ge=0, lt=2**63)] | None = Field(
