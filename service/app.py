@@ -12,15 +12,13 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import schemas
+from service import schemas, v2
 from service.errors import (
     ApiError,
     InvalidInput,
@@ -28,74 +26,33 @@ from service.errors import (
     UnsupportedMediaType,
     api_error_handler,
     http_error_handler,
-    invalid_body,
     json_response,
     unexpected_error_handler,
 )
+from service.http import guarded, openapi_body, read_json, registry_of
 from service.images import digit_from_image, png_from_digit
 from service.metrics import exposition
 from service.pipelines import Pipeline
-from service.registry import ModelRegistry
 from service.settings import get_settings
 
-Body = TypeVar("Body", bound=BaseModel)
 log = logging.getLogger(__name__)
 
 # The routes whose per-request cost matters; BentoML's tracing middleware skips them.
 INFERENCE_ROUTES = ["/classify", "/classify_image", "/forecast", "/generate", "/v2", "/metrics"]
 
 
-def registry_of(request: Request) -> ModelRegistry:
-    registry = getattr(request.app.state, "registry", None)
-    if registry is None:
-        raise ApiError("the service is starting", status=503, headers={"Retry-After": "1"})
-    return registry
-
-
-async def read_json(request: Request, schema: type[Body]) -> Body:
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"content-type {content_type!r} is not accepted; send application/json",
-            {"content_type": content_type},
-        )
-    body = await request.body()
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as exc:
-        raise invalid_body(exc) from None
-
-
 def task_route(model: str) -> Callable:
-    """Resolve ``model``'s pipeline for the handler, and count its errors by status."""
+    """Hand the handler ``model``'s pipeline, and count the handler's errors by status."""
 
     def decorate(handler: Callable[[Request, Pipeline], Awaitable[Response]]) -> Callable:
         async def route(request: Request) -> Response:
-            pipeline = registry_of(request).pipeline(model)
-            try:
-                return await handler(request, pipeline)
-            except ApiError as exc:
-                pipeline.metrics.error(exc.status)
-                raise
-            except Exception:  # a bug, not the client's fault: log it, answer 500
-                log.exception("%s failed on %s", model, request.url.path)
-                pipeline.metrics.error(500)
-                raise ApiError("internal server error", {"model": model}, status=500) from None
+            return await guarded(request, registry_of(request).pipeline(model), handler)
 
         # Not functools.wraps: FastAPI would read the handler's signature and expect a body.
         route.__name__, route.__doc__ = handler.__name__, handler.__doc__
         return route
 
     return decorate
-
-
-def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema.model_json_schema()}},
-        }
-    }
 
 
 _MULTIPART_IMAGE = {
@@ -229,7 +186,7 @@ def create_app() -> FastAPI:
             "/classify",
             classify,
             schemas.ClassifyResponse,
-            _openapi_body(schemas.ClassifyRequest),
+            openapi_body(schemas.ClassifyRequest),
             "Classify 8x8 digit images (0..16 pixel values)",
         ),
         (
@@ -243,14 +200,14 @@ def create_app() -> FastAPI:
             "/forecast",
             forecast,
             schemas.ForecastResponse,
-            _openapi_body(schemas.ForecastRequest),
+            openapi_body(schemas.ForecastRequest),
             "Forecast the next weeks of CO2 concentration from variable-length histories",
         ),
         (
             "/generate",
             generate,
             schemas.GenerateResponse,
-            _openapi_body(schemas.GenerateRequest),
+            openapi_body(schemas.GenerateRequest),
             "Generate digit images of the given classes",
         ),
     ]
@@ -265,6 +222,7 @@ def create_app() -> FastAPI:
             summary=summary,
             tags=["tasks"],
         )
+    app.include_router(v2.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)

@@ -56,6 +56,14 @@ class Pipeline:
         """``n`` valid items, for warm-up."""
         raise NotImplementedError
 
+    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list:
+        """Items from V2 input tensors whose names, datatypes and shapes match the manifest."""
+        raise NotImplementedError
+
+    def tensors_from_results(self, results: list) -> dict[str, np.ndarray]:
+        """V2 output tensors (by manifest name) from a request's results."""
+        raise NotImplementedError
+
     # --- shared ---------------------------------------------------------------------------
 
     async def infer(self, items: list) -> list:
@@ -116,6 +124,18 @@ class ClassifierPipeline(Pipeline):
         rng = np.random.default_rng(0)
         return list(rng.uniform(0, 16, size=(n, 1, 8, 8)).astype(np.float32))
 
+    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
+        images = tensors["images"]  # (n, 1, 8, 8)
+        self.check_item_count(len(images), "images")
+        bad = ~((images >= 0) & (images <= 16))  # NaN fails both comparisons
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InvalidInput(f"images{list(where)} is outside 0..16", {"tensor": "images", "index": where})
+        return list(images)
+
+    def tensors_from_results(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"probabilities": np.stack(results)}
+
     @staticmethod
     def encode(results: list[np.ndarray]) -> dict[str, Any]:
         probabilities = np.stack(results)
@@ -168,6 +188,32 @@ class ForecasterPipeline(Pipeline):
         lengths = rng.integers(self.min_length, min(self.max_length, 520) + 1, size=n)
         return [(350 + rng.standard_normal(int(t))).astype(np.float32) for t in lengths]
 
+    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
+        history, lengths = tensors["history"], tensors["lengths"]  # (n, T), (n,)
+        self.check_item_count(len(history), "history")
+        if len(lengths) != len(history):
+            raise InvalidInput(
+                f"lengths has {len(lengths)} rows but history has {len(history)}", {"tensor": "lengths"}
+            )
+        rows = []
+        for i, length in enumerate(lengths.tolist()):
+            if not self.min_length <= length <= min(self.max_length, history.shape[1]):
+                raise InvalidInput(
+                    f"lengths[{i}] = {length}; rows take {self.min_length} to "
+                    f"{min(self.max_length, history.shape[1])} values",
+                    {"tensor": "lengths", "index": i},
+                )
+            row = history[i, :length]
+            if not np.isfinite(row).all():
+                raise InvalidInput(
+                    f"history[{i}] has a NaN or infinite value", {"tensor": "history", "index": i}
+                )
+            rows.append(row)
+        return rows
+
+    def tensors_from_results(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"forecast": np.stack(results)}
+
     @staticmethod
     def encode(results: list[np.ndarray]) -> dict[str, Any]:
         return {"forecasts": np.stack(results).tolist()}
@@ -198,6 +244,26 @@ class GeneratorPipeline(Pipeline):
 
     def example_items(self, n: int) -> list[tuple[np.ndarray, int]]:
         return self._items([i % 10 for i in range(n)], seed=0)
+
+    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        latent, labels = tensors["latent"], tensors["labels"]  # (n, L), (n,)
+        self.check_item_count(len(latent), "latent")
+        if len(labels) != len(latent):
+            raise InvalidInput(
+                f"labels has {len(labels)} rows but latent has {len(latent)}", {"tensor": "labels"}
+            )
+        if not np.isfinite(latent).all():
+            raise InvalidInput("latent has a NaN or infinite value", {"tensor": "latent"})
+        bad = np.flatnonzero((labels < 0) | (labels > 9))
+        if bad.size:
+            raise InvalidInput(
+                f"labels[{bad[0]}] = {labels[bad[0]]} is not a digit 0..9",
+                {"tensor": "labels", "index": int(bad[0])},
+            )
+        return list(zip(latent, labels.tolist(), strict=True))
+
+    def tensors_from_results(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"images": np.stack(results)}
 
 
 PIPELINES: dict[str, type[Pipeline]] = {

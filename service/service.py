@@ -56,6 +56,7 @@ class ModelService:
             settings.worker_count,
         )
         app.state.registry = self.registry
+        app.state.is_ready = self.__is_ready__
 
     @bentoml.on_startup
     def settle(self) -> None:

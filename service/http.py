@@ -1,0 +1,71 @@
+"""Request plumbing shared by the task routes and the V2 routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import ApiError, UnsupportedMediaType, invalid_body
+from service.pipelines import Pipeline
+from service.registry import ModelRegistry
+
+Body = TypeVar("Body", bound=BaseModel)
+log = logging.getLogger(__name__)
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        raise ApiError("the service is starting", status=503, headers={"Retry-After": "1"})
+    return registry
+
+
+def require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"content-type {content_type!r} is not accepted; send application/json",
+            {"content_type": content_type},
+        )
+
+
+def parse(body: bytes, schema: type[Body]) -> Body:
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
+
+
+async def read_json(request: Request, schema: type[Body]) -> Body:
+    require_json(request)
+    return parse(await request.body(), schema)
+
+
+async def guarded(
+    request: Request, pipeline: Pipeline, handler: Callable[[Request, Pipeline], Awaitable[Response]]
+) -> Response:
+    """Run ``handler``, counting its errors in ``pipeline``'s metrics; a bug becomes a JSON 500."""
+    try:
+        return await handler(request, pipeline)
+    except ApiError as exc:
+        pipeline.metrics.error(exc.status)
+        raise
+    except Exception:  # a bug, not the client's fault: log it, answer 500
+        log.exception("%s failed on %s", pipeline.model.name, request.url.path)
+        pipeline.metrics.error(500)
+        raise ApiError("internal server error", {"model": pipeline.model.name}, status=500) from None
+
+
+def openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` that documents a JSON body the handler parses itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema.model_json_schema()}},
+        }
+    }

@@ -1,0 +1,316 @@
+"""The Open Inference Protocol (KServe V2) over HTTP/REST, so that standard clients work.
+
+Implements server and model metadata, health, and ``infer`` with JSON tensors and the
+binary tensor data extension (``Inference-Header-Content-Length``). ``infer`` requests go
+through the same per-model batchers as the task endpoints, so the two kinds of request
+share ONNX Runtime calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from modelstore import Manifest, TensorSpec
+from service.errors import InvalidInput, NotFound, json_response
+from service.http import guarded, parse, registry_of, require_json
+from service.pipelines import Pipeline
+from service.runtime import NUMPY_DTYPES
+
+SERVER_NAME = "modelserve"
+SERVER_VERSION = "0.1.0"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class InferInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: str
+    parameters: dict[str, Any] = {}
+    data: list[Any] | None = None  # flat or nested, row-major; absent with binary data
+
+
+class InferOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class InferRequest(BaseModel):
+    """The JSON part of a V2 inference request."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "inputs": [
+                        {"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+                    ]
+                }
+            ]
+        },
+    )
+    id: str | None = None
+    parameters: dict[str, Any] = {}
+    inputs: Annotated[list[InferInput], Field(min_length=1)]
+    outputs: list[InferOutput] | None = None
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tail of a request (the tail is empty without the extension)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if not 0 < length <= len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length is {header_length!r}; it must be 1..{len(body)}",
+            {"header": "Inference-Header-Content-Length"},
+        )
+    return body[:length], memoryview(body)[length:]
+
+
+def decode_inputs(request: InferRequest, binary: memoryview, manifest: Manifest) -> dict[str, np.ndarray]:
+    """Input tensors by name, each checked against the model's declared inputs."""
+    declared = {spec.name: spec for spec in manifest.inputs}
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in request.inputs:
+        spec = declared.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(
+                f"{manifest.name} has no input {tensor.name!r}; its inputs are {sorted(declared)}",
+                {"tensor": tensor.name},
+            )
+        if tensor.name in tensors:
+            raise InvalidInput(f"input {tensor.name!r} is given twice", {"tensor": tensor.name})
+        check_declared(tensor, spec)
+        array, used = tensor_data(tensor, binary, offset)
+        offset += used
+        tensors[tensor.name] = array
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
+    missing = sorted(set(declared) - set(tensors))
+    if missing:
+        raise InvalidInput(f"{manifest.name} needs the inputs {missing}", {"tensor": missing[0]})
+    batch_sizes = {name: array.shape[0] for name, array in tensors.items()}
+    if len(set(batch_sizes.values())) > 1:
+        raise InvalidInput(f"the inputs disagree on the batch size: {batch_sizes}")
+    if 0 in batch_sizes.values():
+        raise InvalidInput("the batch is empty (the first dimension is 0)")
+    return tensors
+
+
+def check_declared(tensor: InferInput, spec: TensorSpec) -> None:
+    if tensor.datatype != spec.datatype:
+        raise InvalidInput(
+            f"input {tensor.name!r} must be {spec.datatype}, not {tensor.datatype}", {"tensor": tensor.name}
+        )
+    fits = len(tensor.shape) == len(spec.shape) and all(
+        want in (-1, got) for want, got in zip(spec.shape, tensor.shape, strict=True)
+    )
+    if not fits:
+        raise InvalidInput(
+            f"input {tensor.name!r} has shape {tensor.shape}; the model takes {list(spec.shape)} "
+            "(-1: any size)",
+            {"tensor": tensor.name},
+        )
+
+
+def tensor_data(tensor: InferInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
+    """The tensor's array, and how many bytes of the binary tail it used."""
+    dtype = np.dtype(NUMPY_DTYPES[tensor.datatype]).newbyteorder("<")
+    count = math.prod(tensor.shape)
+    size = tensor.parameters.get("binary_data_size")
+    if size is not None:
+        if tensor.data is not None:
+            raise InvalidInput(f"input {tensor.name!r} has both data and binary_data_size")
+        if size != count * dtype.itemsize or offset + size > len(binary):
+            raise InvalidInput(
+                f"input {tensor.name!r}: binary_data_size {size} does not fit shape {tensor.shape} "
+                f"of {tensor.datatype} ({count * dtype.itemsize} bytes) and the {len(binary) - offset} "
+                "bytes left",
+                {"tensor": tensor.name},
+            )
+        return np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(tensor.shape), size
+    if tensor.data is None:
+        raise InvalidInput(f"input {tensor.name!r} has no data", {"tensor": tensor.name})
+    return json_array(tensor, dtype, count), 0
+
+
+def json_array(tensor: InferInput, dtype: np.dtype, count: int) -> np.ndarray:
+    try:
+        raw = np.asarray(tensor.data)
+    except ValueError:
+        raise InvalidInput(f"input {tensor.name!r}: data is a ragged list", {"tensor": tensor.name}) from None
+    allowed = "b" if dtype.kind == "b" else ("iu" if dtype.kind in "iu" else "iuf")
+    if raw.size and raw.dtype.kind not in allowed:
+        raise InvalidInput(
+            f"input {tensor.name!r}: data must hold {tensor.datatype} values", {"tensor": tensor.name}
+        )
+    if raw.size != count:
+        raise InvalidInput(
+            f"input {tensor.name!r}: {raw.size} values do not fill shape {tensor.shape}",
+            {"tensor": tensor.name},
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = raw.astype(dtype).reshape(tensor.shape)
+    if dtype.kind in "iu" and not np.array_equal(array, raw.reshape(tensor.shape)):
+        raise InvalidInput(
+            f"input {tensor.name!r}: values overflow {tensor.datatype}", {"tensor": tensor.name}
+        )
+    return array
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def encode_outputs(
+    request: InferRequest, outputs: dict[str, np.ndarray], manifest: Manifest
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Output tensor descriptions and, for those asked as binary, their bytes."""
+    wanted = request.outputs or [InferOutput(name=spec.name) for spec in manifest.outputs]
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    described, chunks = [], []
+    for output in wanted:
+        if output.name not in outputs:
+            raise InvalidInput(
+                f"{manifest.name} has no output {output.name!r}; its outputs are {sorted(outputs)}",
+                {"tensor": output.name},
+            )
+        array = outputs[output.name]
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": manifest.output(output.name).datatype,
+            "shape": list(array.shape),
+        }
+        if output.parameters.get("binary_data", binary_default):
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        described.append(entry)
+    return described, chunks
+
+
+# --- routes --------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+
+
+def _pipeline(request: Request, name: str, version: str | None) -> Pipeline:
+    pipeline = registry_of(request).pipeline(name)
+    if version is not None and version != str(pipeline.model.version):
+        raise NotFound(
+            f"version {version} of {name!r} is not served; serving {pipeline.model.version}",
+            {"model": name, "version": version},
+        )
+    return pipeline
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return json_response(
+        {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+    )
+
+
+@router.get("/health/live", summary="Server liveness")
+async def server_live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/health/ready", summary="Server readiness: every model loaded, verified and warm")
+async def server_ready(request: Request) -> Response:
+    is_ready = getattr(request.app.state, "is_ready", None)
+    ready = bool(is_ready and is_ready())
+    return json_response({"ready": ready}, 200 if ready else 503)
+
+
+@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of a version")
+async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
+    manifest = _pipeline(request, name, version).model.manifest
+    return json_response(
+        {
+            "name": manifest.name,
+            "versions": [str(manifest.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec.to_dict() for spec in manifest.inputs],
+            "outputs": [spec.to_dict() for spec in manifest.outputs],
+            "parameters": {"task": manifest.task, "labels": manifest.labels, **manifest.serving},
+        }
+    )
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness of a version")
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    registry = registry_of(request)
+    if name in registry.failures:
+        return json_response({"name": name, "ready": False, "error": registry.failures[name]}, 503)
+    pipeline = _pipeline(request, name, version)
+    return json_response({"name": name, "version": str(pipeline.model.version), "ready": True})
+
+
+_INFER_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": InferRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "JSON header of Inference-Header-Content-Length bytes, then tensor data",
+                }
+            },
+        },
+    }
+}
+
+
+@router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_DOC)
+@router.post(
+    "/models/{name}/versions/{version}/infer", summary="Inference on a version", openapi_extra=_INFER_DOC
+)
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    return await guarded(request, _pipeline(request, name, version), _infer)
+
+
+async def _infer(request: Request, pipeline: Pipeline) -> Response:
+    header_length = request.headers.get(HEADER_LENGTH)
+    if header_length is None:
+        require_json(request)
+    header, binary = split_body(await request.body(), header_length)
+    infer_request = parse(header, InferRequest)
+    manifest = pipeline.model.manifest
+    tensors = decode_inputs(infer_request, binary, manifest)
+    results = await pipeline.infer(pipeline.items_from_tensors(tensors))
+    outputs, chunks = encode_outputs(infer_request, pipeline.tensors_from_results(results), manifest)
+    answer: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version)}
+    if infer_request.id is not None:
+        answer["id"] = infer_request.id
+    answer["outputs"] = outputs
+    head = json.dumps(answer, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(head, media_type="application/json")
+    return Response(
+        b"".join([head, *chunks]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
