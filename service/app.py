@@ -29,7 +29,7 @@ from service.errors import (
     json_response,
     unexpected_error_handler,
 )
-from service.http import guarded, openapi_body, read_json, registry_of
+from service.http import LeanRoute, guarded, openapi_body, read_json, registry_of
 from service.images import digit_from_image, png_from_digit
 from service.metrics import exposition
 from service.pipelines import Pipeline
@@ -37,8 +37,10 @@ from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# The routes whose per-request cost matters; BentoML's tracing middleware skips them.
-INFERENCE_ROUTES = ["/classify", "/classify_image", "/forecast", "/generate", "/v2", "/metrics"]
+# The routes whose per-request cost matters: BentoML's tracing middleware skips these
+# prefixes, and the JSON-error middleware does not wrap the task routes.
+TASK_ROUTES = frozenset({"/classify", "/classify_image", "/forecast", "/generate", "/metrics"})
+INFERENCE_ROUTES = [*sorted(TASK_ROUTES), "/v2"]
 
 
 def task_route(model: str) -> Callable:
@@ -104,7 +106,7 @@ async def classify_image(request: Request, pipeline: Pipeline) -> Response:
         raise InvalidInput("the form needs a file field named 'image'", {"field": "image"})
     digit = digit_from_image(await upload.read(), get_settings().max_image_pixels)
     [probabilities] = await pipeline.infer(pipeline.decode([digit]))
-    return json_response({"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()})
+    return json_response({"label": int(probabilities.argmax()), "probabilities": probabilities})
 
 
 @task_route("forecaster")
@@ -122,7 +124,7 @@ async def generate(request: Request, pipeline: Pipeline) -> Response:
     if body.format == "png":
         encoded: list = [png_from_digit(image[0]) for image in images]
     else:
-        encoded = [image[0].tolist() for image in images]
+        encoded = [image[0] for image in images]
     return json_response({"images": encoded, "seed": seed})
 
 
@@ -177,6 +179,7 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.router.route_class = LeanRoute
     errors = {
         400: {"model": schemas.ErrorResponse, "description": "invalid input"},
         **schemas.ERROR_RESPONSES,

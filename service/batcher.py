@@ -114,6 +114,7 @@ class Batcher(Generic[Item, Result]):
         self._queued_items = 0
         self._arrived = asyncio.Event()  # set whenever the queue gains items
         self._dispatcher: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def queued_items(self) -> int:
@@ -126,6 +127,8 @@ class Batcher(Generic[Item, Result]):
         if self._queued_items + len(items) > self.max_queue_size:
             raise QueueFull(self._queued_items, self.max_queue_size)
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new event loop (tests, a restarted worker)
+            self._loop, self._arrived, self._dispatcher = loop, asyncio.Event(), None
         pending = _Pending(items, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._queued_items += len(items)

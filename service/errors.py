@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -73,7 +74,10 @@ class Unavailable(ApiError):
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status, headers, "application/json")
+    """A JSON response; NumPy arrays in ``body`` are serialised directly."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, "application/json"
+    )
 
 
 def location(loc: tuple[Any, ...]) -> str:
@@ -124,14 +128,17 @@ class JsonErrors:
     """Rewrites the framework's plain-text error answers (404, 405, 503 from /readyz, ...)
     as ``{"error": <their text>}``, so that every error a client sees is a JSON object.
 
-    Answers that already are JSON, and all successful ones, pass through untouched.
+    Answers that already are JSON, and all successful ones, pass through untouched; the
+    ``skip_paths`` (the service's own hot routes, which answer JSON errors themselves) are
+    not even wrapped, to keep the request path short.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, skip_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.skip_paths = skip_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.skip_paths:
             return await self.app(scope, receive, send)
         start: Message | None = None
         chunks: list[bytes] = []

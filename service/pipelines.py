@@ -27,14 +27,17 @@ log = logging.getLogger(__name__)
 class Pipeline:
     """A loaded model, its batcher and its metrics. Subclasses say how items batch."""
 
+    # Whether ONNX Runtime runs off the event loop unless the settings say otherwise: worth
+    # a thread hand-off only when a batch takes long enough to hold up other requests.
+    run_in_thread_by_default = False
+
     def __init__(self, model: LoadedModel, settings: Settings) -> None:
         self.model = model
         self.settings = settings
         self.metrics = ModelMetrics(model.name)
         policy: BatchPolicy = settings.batch_policy(model.name)
-        self._executor = (
-            ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.name}") if policy.run_in_thread else None
-        )
+        in_thread = self.run_in_thread_by_default if policy.run_in_thread is None else policy.run_in_thread
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.name}") if in_thread else None
         self.batcher: Batcher = Batcher(
             self.run_batch,
             max_batch_size=policy.max_batch_size,
@@ -139,7 +142,7 @@ class ClassifierPipeline(Pipeline):
     @staticmethod
     def encode(results: list[np.ndarray]) -> dict[str, Any]:
         probabilities = np.stack(results)
-        return {"labels": probabilities.argmax(axis=1).tolist(), "probabilities": probabilities.tolist()}
+        return {"labels": probabilities.argmax(axis=1), "probabilities": probabilities}
 
 
 class ForecasterPipeline(Pipeline):
@@ -148,6 +151,8 @@ class ForecasterPipeline(Pipeline):
     Rows are right-padded to the longest row of their batch; the model ignores padding
     (each row's answer equals its answer alone), so batch mates never change a forecast.
     """
+
+    run_in_thread_by_default = True  # a recurrent pass over hundreds of steps: milliseconds
 
     def __init__(self, model: LoadedModel, settings: Settings) -> None:
         super().__init__(model, settings)
@@ -216,7 +221,7 @@ class ForecasterPipeline(Pipeline):
 
     @staticmethod
     def encode(results: list[np.ndarray]) -> dict[str, Any]:
-        return {"forecasts": np.stack(results).tolist()}
+        return {"forecasts": np.stack(results)}
 
 
 class GeneratorPipeline(Pipeline):

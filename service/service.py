@@ -15,7 +15,7 @@ import os
 import bentoml
 from bentoml._internal.context import server_context
 
-from service.app import INFERENCE_ROUTES, create_app
+from service.app import INFERENCE_ROUTES, TASK_ROUTES, create_app
 from service.errors import JsonErrors
 from service.registry import ModelRegistry, WorkerBoard
 from service.settings import get_settings
@@ -76,4 +76,4 @@ class ModelService:
 
 
 # Framework answers (unknown paths, /readyz while not ready) become JSON objects too.
-ModelService.add_asgi_middleware(JsonErrors)
+ModelService.add_asgi_middleware(JsonErrors, skip_paths=TASK_ROUTES)

@@ -8,18 +8,18 @@ share ONNX Runtime calls.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from modelstore import Manifest, TensorSpec
 from service.errors import InvalidInput, NotFound, json_response
-from service.http import guarded, parse, registry_of, require_json
+from service.http import LeanRoute, guarded, parse, registry_of, require_json
 from service.pipelines import Pipeline
 from service.runtime import NUMPY_DTYPES
 
@@ -202,14 +202,14 @@ def encode_outputs(
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = np.ascontiguousarray(array).ravel()
         described.append(entry)
     return described, chunks
 
 
 # --- routes --------------------------------------------------------------------------------
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=LeanRoute)
 
 
 def _pipeline(request: Request, name: str, version: str | None) -> Pipeline:
@@ -223,14 +223,14 @@ def _pipeline(request: Request, name: str, version: str | None) -> Pipeline:
 
 
 @router.get("", summary="Server metadata")
-async def server_metadata() -> Response:
+async def server_metadata(_: Request) -> Response:
     return json_response(
         {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
     )
 
 
 @router.get("/health/live", summary="Server liveness")
-async def server_live() -> Response:
+async def server_live(_: Request) -> Response:
     return json_response({"live": True})
 
 
@@ -306,7 +306,7 @@ async def _infer(request: Request, pipeline: Pipeline) -> Response:
     if infer_request.id is not None:
         answer["id"] = infer_request.id
     answer["outputs"] = outputs
-    head = json.dumps(answer, separators=(",", ":")).encode()
+    head = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return Response(head, media_type="application/json")
     return Response(
