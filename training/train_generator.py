@@ -1,0 +1,346 @@
+"""Train the conditional digit GAN on scikit-learn's ``load_digits``; export only its generator.
+
+``python -m training train generator`` calls :func:`train`. The generator is judged by the
+newest published classifier (run through ONNX Runtime, exactly as it is served): the share of
+1,000 generated digits (100 per class, fixed latents) that it recognises as the requested digit.
+Mode collapse is checked by comparing the mean pairwise L2 distance between samples of one
+class, generated versus real.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import onnxruntime as ort
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from modelstore import Manifest, ManifestError, list_versions, load_verified
+from training.cli import TrainOptions
+from training.common import plot_curves, seed_everything
+from training.export import TrainedModel
+from training.models.generator import (
+    ConditionalGenerator,
+    GANConfig,
+    GeneratorForServing,
+    ProjectionDiscriminator,
+    num_parameters,
+)
+
+log = logging.getLogger(__name__)
+
+LABELS = [str(d) for d in range(10)]
+# The repository's committed model store: where the judging classifier comes from when the
+# store being trained into has none.
+COMMITTED_STORE = Path(__file__).resolve().parents[1] / "model_store"
+
+
+@dataclass
+class GANTrainConfig:
+    epochs: int = 60  # passes over the data (the committed model used this default)
+    batch_size: int = 64  # real images (and as many generated ones) per step
+    lr_g: float = 2e-4  # Adam learning rate of the generator
+    lr_d: float = 2e-4  # Adam learning rate of the discriminator
+    beta1: float = 0.5  # Adam beta1, as in DCGAN
+    real_target: float = 0.9  # one-sided label smoothing: the discriminator's target for real
+    samples_per_class: int = 100  # generated digits per class in the evaluation
+    eval_seed: int = 1234  # seed of the evaluation latents, fixed so runs are comparable
+    bn_recalibration_batches: int = 50  # batches used to re-estimate the generator's BN stats
+    threads: int = 1  # torch intra-op threads
+    dry_run_epochs: int = 2  # epochs of a dry run (CI smoke test) unless --epochs is given
+
+
+# --- data and judge ------------------------------------------------------------------------
+
+
+def load_real() -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``load_digits``: images (N, 1, 8, 8) float32 in 0..16 and labels (N,) int64."""
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32)[:, None])  # (N, 1, 8, 8)
+    return images, torch.from_numpy(digits.target).long()
+
+
+def find_classifier(store: Path, fallback: Path = COMMITTED_STORE) -> tuple[Manifest, Path]:
+    """The newest verified classifier in ``store``, else in ``fallback``; raises if neither."""
+    for candidate in (Path(store), Path(fallback)):
+        if list_versions(candidate, "classifier"):
+            return load_verified(candidate, "classifier")
+    raise ManifestError(
+        f"no classifier in {store} or {fallback}: the generator is evaluated by the classifier, "
+        "so train it first (python -m training train classifier --out <store>)"
+    )
+
+
+class ClassifierJudge:
+    """The published classifier, run with ONNX Runtime on the CPU, as a label recogniser."""
+
+    def __init__(self, manifest: Manifest, model_path: Path) -> None:
+        self.manifest = manifest
+        self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        self.input_name = manifest.inputs[0].name
+        self.output_name = manifest.outputs[0].name
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 1, 8, 8) in 0..16 -> predicted digits (N,)."""
+        probabilities = self.session.run(
+            [self.output_name], {self.input_name: images.numpy().astype(np.float32)}
+        )[0]  # (N, 10)
+        return torch.from_numpy(probabilities.argmax(axis=1))
+
+
+def intra_class_distance(images: torch.Tensor, labels: torch.Tensor,
+                         n_classes: int) -> list[float]:
+    """Per class: the mean L2 distance between all pairs of its images (flattened, 0..16)."""
+    flat = images.flatten(1).double()  # (N, 64)
+    return [torch.pdist(flat[labels == c]).mean().item() for c in range(n_classes)]
+
+
+# --- train / evaluate ----------------------------------------------------------------------
+
+
+def train_epoch(generator: ConditionalGenerator, discriminator: ProjectionDiscriminator,
+                opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, cfg: GANTrainConfig, rng: torch.Generator) -> dict[str, float]:
+    """One pass over the real data (x in [-1, 1]); returns mean losses and D outputs."""
+    generator.train()
+    discriminator.train()
+    latent_dim = generator.config.latent_dim
+    n_classes = generator.config.n_classes
+    sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
+    batches = torch.randperm(len(x), generator=rng).split(cfg.batch_size)
+    for idx in batches:
+        real, labels = x[idx], y[idx]  # (B, 1, 8, 8), (B,)
+        b = len(idx)
+        latent = torch.randn(b, latent_dim, generator=rng)  # (B, L)
+        fake_labels = torch.randint(0, n_classes, (b,), generator=rng)  # (B,)
+        fake = generator(latent, fake_labels)  # (B, 1, 8, 8)
+
+        # discriminator: real -> real_target, fake -> 0
+        logits_real = discriminator(real, labels)  # (B,)
+        logits_fake = discriminator(fake.detach(), fake_labels)  # (B,)
+        d_loss = (
+            F.binary_cross_entropy_with_logits(logits_real, torch.full_like(logits_real,
+                                                                            cfg.real_target))
+            + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+        )
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+
+        # generator: make the discriminator call its images real (non-saturating loss)
+        logits_gen = discriminator(fake, fake_labels)  # (B,)
+        g_loss = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+
+        sums["d_loss"] += d_loss.item() * b
+        sums["g_loss"] += g_loss.item() * b
+        sums["d_real"] += torch.sigmoid(logits_real).sum().item()
+        sums["d_fake"] += torch.sigmoid(logits_fake).sum().item()
+    n = sum(len(idx) for idx in batches)
+    return {k: v / n for k, v in sums.items()}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(generator: ConditionalGenerator, cfg: GANTrainConfig,
+                          rng: torch.Generator) -> None:
+    """Re-estimate the generator's BN running statistics for its final weights.
+
+    During training the running averages trail weights that keep moving; averaging the batch
+    statistics of the finished generator over many batches makes eval mode (what is exported)
+    behave like the generator the discriminator last saw.
+    """
+    bns = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the batches below
+    generator.train()
+    n_classes, latent_dim = generator.config.n_classes, generator.config.latent_dim
+    for _ in range(cfg.bn_recalibration_batches):
+        labels = torch.randint(0, n_classes, (cfg.batch_size,), generator=rng)
+        generator(torch.randn(cfg.batch_size, latent_dim, generator=rng), labels)
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
+    generator.eval()
+
+
+def evaluation_inputs(cfg: GANTrainConfig, gan: GANConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed latents (N, L) and labels (N,): ``samples_per_class`` per class, class-major."""
+    g = torch.Generator().manual_seed(cfg.eval_seed)
+    labels = torch.arange(gan.n_classes).repeat_interleave(cfg.samples_per_class)  # (N,)
+    return torch.randn(len(labels), gan.latent_dim, generator=g), labels
+
+
+@torch.no_grad()
+def evaluate(serving: GeneratorForServing, judge: ClassifierJudge, latent: torch.Tensor,
+             labels: torch.Tensor) -> dict[str, Any]:
+    """Generate (in eval mode, as exported) and let the classifier judge the labels."""
+    serving.eval()
+    images = serving(latent, labels)  # (N, 1, 8, 8) in 0..16
+    predicted = judge.predict(images)  # (N,)
+    correct = (predicted == labels).float()
+    n_classes = serving.generator.config.n_classes
+    per_class = [correct[labels == c].mean().item() for c in range(n_classes)]
+    return {"images": images, "label_accuracy": correct.mean().item(), "per_class": per_class}
+
+
+def plot_samples(generated: torch.Tensor, real: torch.Tensor, path: Path, title: str) -> Path:
+    """Two 10x10 panels (generated, real): one row per digit, dark ink on a light page.
+
+    ``generated`` and ``real`` are (10, 10, 8, 8) in 0..16: [digit, sample, row, column].
+    """
+    def mosaic(images: torch.Tensor) -> np.ndarray:
+        rows, cols, h, w = images.shape
+        canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+        for r in range(rows):
+            for c in range(cols):
+                canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[r, c]
+        return canvas
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.9))
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
+    for ax, images, name in ((axes[0], generated, "generated"), (axes[1], real, "real")):
+        ax.imshow(mosaic(images), cmap=cmap, vmin=0, vmax=16, interpolation="nearest")
+        ax.set_yticks([r * 9 + 3.5 for r in range(images.shape[0])],
+                      [str(r) for r in range(images.shape[0])])
+        ax.set_xticks([])
+        ax.set_ylabel("digit")
+        ax.set_title(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def train(options: TrainOptions) -> TrainedModel:
+    """Train the GAN, judge its generator with the classifier, plot; returns it for export."""
+    cfg = GANTrainConfig()
+    if options.epochs is not None:
+        cfg.epochs = options.epochs
+    elif options.dry_run:
+        cfg.epochs = cfg.dry_run_epochs
+    torch.set_num_threads(cfg.threads)
+    judge = ClassifierJudge(*find_classifier(options.store))  # fail before training, not after
+    rng = seed_everything(options.seed)
+
+    real_images, real_labels = load_real()  # (N, 1, 8, 8) in 0..16, (N,)
+    x = real_images / 8.0 - 1.0  # (N, 1, 8, 8) in [-1, 1]
+    gan = GANConfig()
+    generator, discriminator = ConditionalGenerator(gan), ProjectionDiscriminator(gan)
+    serving = GeneratorForServing(generator)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
+    log.info("generator: %d parameters, discriminator: %d, %d real images; judged by classifier "
+             "v%d", num_parameters(generator), num_parameters(discriminator), len(x),
+             judge.manifest.version)
+
+    eval_latent, eval_labels = evaluation_inputs(cfg, gan)
+    history: dict[str, list[float]] = {"D loss": [], "G loss": [], "D(real)": [], "D(fake)": [],
+                                       "label accuracy": []}
+    started = time.perf_counter()
+    progress = tqdm(range(cfg.epochs), desc="generator", unit="epoch")
+    for _ in progress:
+        stats = train_epoch(generator, discriminator, opt_g, opt_d, x, real_labels, cfg, rng)
+        accuracy = evaluate(serving, judge, eval_latent, eval_labels)["label_accuracy"]
+        for key, name in (("d_loss", "D loss"), ("g_loss", "G loss"), ("d_real", "D(real)"),
+                          ("d_fake", "D(fake)")):
+            history[name].append(stats[key])
+        history["label accuracy"].append(accuracy)
+        progress.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}",
+                             acc=f"{accuracy:.3f}")
+    recalibrate_batchnorm(generator, cfg, rng)
+    seconds = time.perf_counter() - started
+
+    result = evaluate(serving, judge, eval_latent, eval_labels)
+    generated = result["images"]  # (N, 1, 8, 8) in 0..16
+    dist_gen = intra_class_distance(generated, eval_labels, gan.n_classes)
+    dist_real = intra_class_distance(real_images, real_labels, gan.n_classes)
+    mean_gen, mean_real = float(np.mean(dist_gen)), float(np.mean(dist_real))
+    metrics = {
+        "label_accuracy": round(result["label_accuracy"], 6),
+        "per_class_label_accuracy": {
+            label: round(a, 6) for label, a in zip(LABELS, result["per_class"], strict=True)
+        },
+        "intra_class_distance_generated": round(mean_gen, 4),
+        "intra_class_distance_real": round(mean_real, 4),
+        "intra_class_distance_ratio": round(mean_gen / mean_real, 4),
+        "per_class_intra_class_distance": {
+            label: {"generated": round(g, 4), "real": round(r, 4)}
+            for label, g, r in zip(LABELS, dist_gen, dist_real, strict=True)
+        },
+        "final_d_loss": round(history["D loss"][-1], 6),
+        "final_g_loss": round(history["G loss"][-1], 6),
+        "n_generated": len(eval_labels),
+        "n_real": len(real_images),
+        "judge": f"classifier v{judge.manifest.version} "
+                 f"(test_accuracy {judge.manifest.metrics.get('test_accuracy')})",
+    }
+    log.info("generator: label accuracy %.4f, intra-class distance %.2f generated vs %.2f real, "
+             "%.1f s", result["label_accuracy"], mean_gen, mean_real, seconds)
+
+    workdir = Path(options.workdir)
+    per_row = min(10, cfg.samples_per_class)
+    grid = generated.view(gan.n_classes, cfg.samples_per_class, 8, 8)[:, :per_row]
+    real_grid = torch.stack([real_images[real_labels == c][:per_row, 0]
+                             for c in range(gan.n_classes)])  # (10, per_row, 8, 8)
+    artifacts = [
+        plot_curves(history, workdir / "generator_training_curves.png",
+                    "conditional GAN: losses, D outputs, classifier label accuracy"),
+        plot_samples(grid, real_grid, workdir / "generator_samples.png",
+                     f"conditional GAN samples (label accuracy {result['label_accuracy']:.3f})"),
+    ]
+
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    latent_dim = gan.latent_dim
+    return TrainedModel(
+        name="generator",
+        task="conditional-image-generation",
+        module=serving.eval(),
+        input_names=["latent", "labels"],
+        output_names=["images"],
+        example_inputs=lambda b: example_inputs(b, latent_dim),
+        dynamic_shapes={"latent": {0: batch_dim}, "labels": {0: batch_dim}},
+        metrics=metrics,
+        training={
+            "seed": options.seed,
+            "dry_run": options.dry_run,
+            **asdict(cfg),
+            "model": asdict(gan),
+            "optimizer": "Adam",
+            "loss": "non-saturating BCE, one-sided label smoothing",
+            "loop_seconds": round(seconds, 1),
+            "judge_classifier_version": judge.manifest.version,
+        },
+        dataset={
+            "name": "sklearn.datasets.load_digits",
+            "n_samples": len(real_images),
+            "split": "none: the GAN trains on all images; it is judged by the classifier on "
+                     "generated samples",
+            "scaling": "pixels 0..16 mapped to [-1, 1] for training",
+        },
+        labels=LABELS,
+        serving={"latent_dim": gan.latent_dim, "num_classes": gan.n_classes,
+                 "value_range": [0, 16]},
+        artifacts=artifacts,
+    )
+
+
+def example_inputs(batch: int, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic example inputs for export and parity: latent (B, L), labels (B,) int64."""
+    g = torch.Generator().manual_seed(batch)
+    return torch.randn(batch, latent_dim, generator=g), torch.arange(batch) % 10
