@@ -47,5 +47,9 @@ format: $(VENV)/.test-$(ORT)
 bench: $(VENV)/.bench-$(ORT)
 	$(BIN)/python bench/run.py
 
+## loadtest: Locust against a running `make serve` (stops by itself after 80 s)
+loadtest: $(VENV)/.bench-$(ORT)
+	$(BIN)/locust -f loadtests/locustfile.py --host http://127.0.0.1:$(PORT) --headless --only-summary
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
