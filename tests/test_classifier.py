@@ -79,7 +79,7 @@ def test_split_is_stratified_and_fixed() -> None:
     x_train, y_train, x_test, y_test = held_out_split()
     assert x_train.shape == (1437, 1, 8, 8) and x_test.shape == (360, 1, 8, 8)
     assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
-    assert 0 <= x_train.min() and x_train.max() <= 16
+    assert x_train.min() >= 0 and x_train.max() <= 16
     train_share = torch.bincount(y_train) / len(y_train)
     test_share = torch.bincount(y_test) / len(y_test)
     assert torch.allclose(train_share, test_share, atol=0.01)
