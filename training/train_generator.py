@@ -55,7 +55,9 @@ class GANTrainConfig:
     samples_per_class: int = 100  # generated digits per class in the evaluation
     eval_seed: int = 1234  # seed of the evaluation latents, fixed so runs are comparable
     bn_recalibration_batches: int = 50  # batches used to re-estimate the generator's BN stats
-    threads: int = 1  # torch intra-op threads
+    # torch intra-op threads: tiny 8x8 convolutions gain little from a second thread, and one
+    # thread is not starved by oversubscription when other jobs share the two cores
+    threads: int = 1
     dry_run_epochs: int = 2  # epochs of a dry run (CI smoke test) unless --epochs is given
 
 
