@@ -162,7 +162,16 @@ def train(options: TrainOptions) -> TrainedModel:
         cfg.epochs = options.epochs
     elif options.dry_run:
         cfg.epochs = cfg.dry_run_epochs
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return fit(options, cfg)
+    finally:
+        torch.set_num_threads(previous_threads)  # leave the next trainer the default
+
+
+def fit(options: TrainOptions, cfg: ClassifierTrainConfig) -> TrainedModel:
+    """The body of :func:`train`, with the configuration settled."""
     generator = seed_everything(options.seed)
 
     x_train, y_train, x_test, y_test = load_split(cfg.test_fraction, cfg.split_seed)

@@ -85,9 +85,12 @@ def find_classifier(store: Path, fallback: Path = COMMITTED_STORE) -> tuple[Mani
 class ClassifierJudge:
     """The published classifier, run with ONNX Runtime on the CPU, as a label recogniser."""
 
-    def __init__(self, manifest: Manifest, model_path: Path) -> None:
+    def __init__(self, manifest: Manifest, model_path: Path, threads: int = 1) -> None:
         self.manifest = manifest
-        self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model_path), session_options,
+                                            providers=["CPUExecutionProvider"])
         self.input_name = manifest.inputs[0].name
         self.output_name = manifest.outputs[0].name
 
@@ -236,8 +239,18 @@ def train(options: TrainOptions) -> TrainedModel:
         cfg.epochs = options.epochs
     elif options.dry_run:
         cfg.epochs = cfg.dry_run_epochs
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    judge = ClassifierJudge(*find_classifier(options.store))  # fail before training, not after
+    try:
+        return fit(options, cfg)
+    finally:
+        torch.set_num_threads(previous_threads)  # leave the next trainer the default
+
+
+def fit(options: TrainOptions, cfg: GANTrainConfig) -> TrainedModel:
+    """The body of :func:`train`, with the configuration settled."""
+    # fail before training, not after, when there is no classifier to judge the samples
+    judge = ClassifierJudge(*find_classifier(options.store), threads=cfg.threads)
     rng = seed_everything(options.seed)
 
     real_images, real_labels = load_real()  # (N, 1, 8, 8) in 0..16, (N,)
