@@ -1,0 +1,74 @@
+"""The committed model store: every manifest matches its file and its graph, and meets the bar."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from modelstore import list_models, list_versions, load_verified
+from service.runtime import NUMPY_DTYPES
+from tests.conftest import COMMITTED_STORE
+
+MODELS = ["classifier", "forecaster", "generator"]
+ONNX_TO_V2 = {
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.INT64: "INT64",
+}
+
+
+def graph_specs(values) -> list[dict]:
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        specs.append({"name": value.name, "datatype": ONNX_TO_V2[tensor.elem_type], "shape": shape})
+    return specs
+
+
+def test_the_store_holds_the_three_default_models():
+    assert list_models(COMMITTED_STORE) == MODELS
+    for name in MODELS:
+        assert list_versions(COMMITTED_STORE, name) == [1]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_manifest_matches_its_file_and_its_graph(name):
+    manifest, path = load_verified(COMMITTED_STORE, name)  # raises if the sha256 differs
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [s.to_dict() for s in manifest.inputs] == graph_specs(proto.graph.input)
+    assert [s.to_dict() for s in manifest.outputs] == graph_specs(proto.graph.output)
+    assert manifest.opset >= 17
+    assert manifest.opset == next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    assert all(spec.shape[0] == -1 for spec in (*manifest.inputs, *manifest.outputs)), "dynamic batch axis"
+    assert all(spec.datatype in NUMPY_DTYPES for spec in (*manifest.inputs, *manifest.outputs))
+    assert manifest.metrics["onnx_parity_max_abs_diff"] <= 1e-4
+    assert {"seed", "epochs"} <= set(manifest.training)
+    assert manifest.dataset
+
+
+def test_classifier_meets_its_bar():
+    manifest, _ = load_verified(COMMITTED_STORE, "classifier")
+    assert manifest.metrics["test_accuracy"] >= 0.98
+    assert manifest.labels == [str(i) for i in range(10)]
+    assert manifest.input("images").shape == (-1, 1, 8, 8)
+    assert manifest.output("probabilities").shape == (-1, 10)
+
+
+def test_generator_meets_its_bar():
+    manifest, _ = load_verified(COMMITTED_STORE, "generator")
+    assert manifest.metrics["label_accuracy"] >= 0.90
+    generated = manifest.metrics["intra_class_distance_generated"]
+    real = manifest.metrics["intra_class_distance_real"]
+    assert generated >= 0.5 * real, "same-class samples collapsed"
+    assert manifest.input("latent").shape == (-1, manifest.serving["latent_dim"])
+    assert manifest.output("images").shape == (-1, 1, 8, 8)
+
+
+def test_forecaster_meets_its_bar():
+    manifest, _ = load_verified(COMMITTED_STORE, "forecaster")
+    assert manifest.metrics["test_mae"] <= 0.9 * manifest.metrics["baseline_mae"]
+    assert manifest.input("history").shape == (-1, -1)
+    assert manifest.input("lengths").shape == (-1,)
+    assert manifest.output("forecast").shape == (-1, manifest.serving["horizon"])
+    assert manifest.serving["min_length"] <= manifest.serving["max_length"]
