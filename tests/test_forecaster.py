@@ -1,0 +1,227 @@
+"""The forecaster: shapes, padding independence, ONNX parity, the committed model, training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from modelstore import load_verified
+from training import cli
+from training.export import PARITY_ATOL, TrainedModel, check_parity, export_onnx
+from training.models.forecaster import Forecaster, ForecasterConfig
+from training.train_forecaster import (
+    TrainConfig,
+    dynamic_shapes,
+    evaluate,
+    load_series,
+    make_example_inputs,
+    origins,
+    pad_rows,
+    probe_loss,
+    sample_batch,
+    seasonal_naive_drift,
+    split_points,
+    train_step,
+)
+
+STORE = Path(__file__).resolve().parents[1] / "model_store"
+MIXED = [104, 333, 517, 1200, 150, 104]  # one batch: lengths from the minimum to heavy padding
+
+
+@pytest.fixture(scope="module")
+def series() -> np.ndarray:
+    return load_series()[1]
+
+
+@pytest.fixture(scope="module")
+def model() -> Forecaster:
+    torch.manual_seed(0)
+    return Forecaster(ForecasterConfig()).eval()
+
+
+@pytest.fixture(scope="module")
+def committed():
+    manifest, path = load_verified(STORE, "forecaster")
+    return manifest, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def windows(y: np.ndarray, lengths: list[int], seed: int = 0) -> list[np.ndarray]:
+    """Real stretches of the series with the given lengths, ending at random weeks."""
+    rng = np.random.default_rng(seed)
+    return [y[e - L : e] for L, e in ((L, int(rng.integers(L, len(y) + 1))) for L in lengths)]
+
+
+def padded(rows: list[np.ndarray], width: int, fill: float = 0.0):
+    """rows right-padded to ``width`` columns with ``fill``: (history, lengths) tensors."""
+    history, lengths = pad_rows(rows)
+    extra = torch.full((len(rows), width - history.shape[1]), fill)
+    history = torch.cat([history, extra], dim=1)
+    for i, L in enumerate(lengths.tolist()):
+        history[i, L:] = fill
+    return history, lengths
+
+
+def run_onnx(session: ort.InferenceSession, history: torch.Tensor, lengths: torch.Tensor):
+    feeds = {"history": history.numpy(), "lengths": lengths.numpy()}
+    return session.run(["forecast"], feeds)[0]
+
+
+# --- the PyTorch module ---------------------------------------------------------------------
+
+
+def test_forward_shapes_and_dtypes(model, series):
+    history, lengths = pad_rows(windows(series, [104, 260, 180]))
+    with torch.no_grad():
+        out = model(history, lengths)
+    assert out.shape == (3, model.config.horizon)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_rejects_wrong_rank(model):
+    with pytest.raises(AssertionError, match="batch, time"):
+        model(torch.zeros(2, 3, 4), torch.tensor([3, 3]))
+
+
+def test_padding_independence_pytorch(model, series):
+    rows = windows(series, MIXED)
+    history, lengths = padded(rows, 1500)
+    noisy_history, _ = padded(rows, 1600, fill=1e4)  # whatever the padding holds
+    with torch.no_grad():
+        batch = model(history, lengths)
+        noisy = model(noisy_history, lengths)
+        alone = torch.cat([model(*pad_rows([row])) for row in rows])
+    assert (batch - alone).abs().max().item() <= 1e-4
+    assert (noisy - alone).abs().max().item() <= 1e-4
+
+
+def test_scaling_follows_the_level(model, series):
+    """Scaling lives in the graph: shifting a history by c ppm shifts its forecast by c."""
+    history, lengths = pad_rows(windows(series, [300, 200]))
+    with torch.no_grad():
+        base, shifted = model(history, lengths), model(history + 50.0, lengths)
+    assert torch.allclose(shifted - base, torch.full_like(base, 50.0), atol=1e-3)
+
+
+def test_baseline_is_last_year_plus_last_years_change():
+    y = np.arange(200, dtype=np.float64) ** 1.5
+    end, h = 150, np.arange(1, 27)
+    want = y[end - 1 + h - 52] + (y[end - 1] - y[end - 1 - 52])
+    assert np.allclose(seasonal_naive_drift(y, end, 26), want)
+    assert origins(100, 204, 52) == list(range(100, 153))  # 53 origins in a 104-week window
+
+
+# --- ONNX export of a fresh model -------------------------------------------------------------
+
+
+def test_onnx_export_parity_and_padding(model, series, tmp_path):
+    trained = TrainedModel(
+        name="forecaster", task="time-series-forecasting", module=model,
+        input_names=["history", "lengths"], output_names=["forecast"],
+        example_inputs=make_example_inputs(series, model.config, seed=0),
+        dynamic_shapes=dynamic_shapes(), metrics={}, training={"seed": 0}, dataset={},
+    )
+    path = tmp_path / "model.onnx"
+    export_onnx(trained, path)
+    assert check_parity(trained, path) <= PARITY_ATOL  # batches 1, 7 and 64
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rows = windows(series, MIXED, seed=1)
+    history, lengths = padded(rows, 1500)
+    got = run_onnx(session, history, lengths)
+    with torch.no_grad():
+        want = model(history, lengths).numpy()
+    assert np.abs(got - want).max() <= PARITY_ATOL
+    alone = np.concatenate([run_onnx(session, *pad_rows([row])) for row in rows])
+    assert np.abs(got - alone).max() <= 1e-4
+
+
+# --- the committed model ------------------------------------------------------------------------
+
+
+def test_committed_manifest(committed):
+    manifest, _ = committed
+    H = manifest.serving["horizon"]
+    assert manifest.task == "time-series-forecasting"
+    assert manifest.labels is None
+    assert [(t.name, t.datatype, t.shape) for t in manifest.inputs] == [
+        ("history", "FP32", (-1, -1)), ("lengths", "INT64", (-1,))]
+    assert [(t.name, t.datatype, t.shape) for t in manifest.outputs] == [("forecast", "FP32", (-1, H))]
+    serving = manifest.serving
+    assert serving["units"] == "ppm" and serving["padding"] == "right"
+    assert serving["frequency"] == "weekly"
+    assert 52 <= serving["min_length"] < serving["max_length"]
+    assert "seed" in manifest.training
+    assert manifest.metrics["test_mae"] <= 0.9 * manifest.metrics["baseline_mae"]
+
+
+def test_committed_onnx_shapes_and_padding_independence(committed, series):
+    manifest, session = committed
+    rows = windows(series, [*MIXED, manifest.serving["max_length"]], seed=2)
+    history, lengths = padded(rows, 1500)
+    out = run_onnx(session, history, lengths)
+    assert out.shape == (len(rows), manifest.serving["horizon"]) and out.dtype == np.float32
+    alone = np.concatenate([run_onnx(session, *pad_rows([row])) for row in rows])
+    assert np.abs(out - alone).max() <= 1e-4
+    # forecasts are in ppm, near the level of the history they continue
+    last = np.array([row[-1] for row in rows])[:, None]
+    assert np.abs(out - last).max() < 10.0
+
+
+def test_committed_onnx_reproduces_held_out_metrics(committed, series):
+    """Re-running the held-out evaluation through ONNX Runtime gives the manifest's numbers."""
+    manifest, session = committed
+    H, y = manifest.serving["horizon"], series
+    test_start = len(y) - manifest.metrics["test_weeks"]
+    ends = origins(test_start, len(y), H)
+    assert len(ends) == manifest.metrics["test_origins"]
+    truth = np.stack([y[e : e + H] for e in ends])
+    base = np.stack([seasonal_naive_drift(y, e, H) for e in ends])
+    for cap, key in [(manifest.serving["max_length"], "test_mae"), (300, "test_mae_history_300"),
+                     (500, "test_mae_history_500")]:
+        pred = run_onnx(session, *pad_rows([y[max(0, e - cap) : e] for e in ends]))
+        assert abs(np.abs(pred - truth).mean() - manifest.metrics[key]) < 1e-3, key
+        assert np.abs(pred - truth).mean() <= 0.9 * np.abs(base - truth).mean(), key
+    assert abs(np.abs(base - truth).mean() - manifest.metrics["baseline_mae"]) < 1e-3
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_fixed_batch(series):
+    torch.manual_seed(0)
+    model = Forecaster(ForecasterConfig())
+    tc = TrainConfig(batch_size=16, max_window=156)
+    val_start, _ = split_points(len(series), tc)
+    batch = sample_batch(series, val_start, model.config.horizon, tc, np.random.default_rng(0))
+    start = probe_loss(model, batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        train_step(model, opt, *batch, grad_clip=1.0)
+    assert probe_loss(model, batch) < 0.9 * start
+
+
+@pytest.mark.slow
+def test_dry_run_trains_exports_and_publishes(tmp_path):
+    assert cli.main(["train", "forecaster", "--dry-run", "--out", str(tmp_path)]) == 0
+    manifest, path = load_verified(tmp_path, "forecaster")
+    assert manifest.version == 1 and path.is_file()
+    metrics = manifest.metrics
+    assert metrics["probe_loss_end"] < metrics["probe_loss_start"]  # the loss moved down
+    assert metrics["onnx_parity_max_abs_diff"] <= PARITY_ATOL
+    assert metrics["test_origins"] > 0 and np.isfinite(metrics["test_mae"])
+    assert manifest.training["dry_run"] is True and manifest.training["seed"] == 0
+    for plot in ("forecaster_curves.png", "forecaster_forecasts.png"):
+        assert (path.parent / plot).stat().st_size > 0
+
+
+def test_evaluate_counts_origins(model, series):
+    tc = TrainConfig()
+    val_start, test_start = split_points(len(series), tc)
+    result = evaluate(model, series, val_start, test_start, 260)
+    assert result["origins"] == tc.val_weeks - model.config.horizon + 1
+    assert result["mae_by_step"].shape == (model.config.horizon,)

@@ -1,0 +1,391 @@
+"""Train the forecaster on statsmodels' weekly Mauna Loa CO2 series.
+
+Split (by time, never shuffled): the last ``test_weeks`` are held out for the final
+evaluation only; the ``val_weeks`` before them pick the best epoch; everything before that
+trains. Training draws random windows of random length from the training part, so the model
+sees variable-length, right-padded batches. Evaluation uses rolling forecast origins: every
+origin whose next ``horizon`` weeks lie inside the evaluated window, each with all the history
+before it (capped at ``max_length``), compared with the seasonal-naive-with-drift baseline
+``y[t+h-52] + (y[t] - y[t-52])``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.cli import TrainOptions
+from training.common import plot_curves, seed_everything
+from training.export import TrainedModel
+from training.models.forecaster import Forecaster, ForecasterConfig
+
+log = logging.getLogger(__name__)
+
+SEASON = 52  # weeks per yearly cycle, for the baseline
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 25  # default number of epochs (the committed model used this)
+    steps_per_epoch: int = 20  # optimiser steps per epoch (an "epoch" is steps of random windows)
+    batch_size: int = 64  # windows per step
+    min_window: int = 104  # shortest training history (the model's min_length)
+    max_window: int = 260  # longest training history (served histories may be longer)
+    lr: float = 3e-3  # peak AdamW learning rate, cosine-decayed to lr * final_lr_frac
+    final_lr_frac: float = 0.05  # learning rate at the last step, as a fraction of lr
+    warmup_steps: int = 20  # linear warm-up steps
+    weight_decay: float = 1e-4  # AdamW weight decay
+    grad_clip: float = 1.0  # max global gradient norm
+    test_weeks: int = 104  # held-out final weeks: evaluation only
+    val_weeks: int = 104  # weeks before the test window: model selection only
+    eval_batch: int = 64  # origins per forward pass in evaluation
+
+
+DRY_RUN = {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "max_window": 130, "warmup_steps": 1}
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def load_series() -> tuple[np.ndarray, np.ndarray, int]:
+    """Weekly CO2 (ppm) with its 59 missing weeks linearly interpolated in time.
+
+    Returns (dates as datetime64[D], values float64, number of interpolated weeks).
+    """
+    import statsmodels.api as sm  # slow import; only when training
+
+    frame = sm.datasets.co2.load_pandas().data
+    missing = int(frame["co2"].isna().sum())
+    values = frame["co2"].interpolate(method="time").to_numpy(dtype=np.float64)
+    assert not np.isnan(values).any(), "interpolation left a gap (at the series' ends?)"
+    return frame.index.to_numpy().astype("datetime64[D]"), values, missing
+
+
+def split_points(n: int, tc: TrainConfig) -> tuple[int, int]:
+    """(val_start, test_start): indices of the first validation and first test week."""
+    test_start = n - tc.test_weeks
+    val_start = test_start - tc.val_weeks
+    assert val_start > tc.max_window, "series too short for the split"
+    return val_start, test_start
+
+
+def pad_rows(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D rows with zeros: (history (B, T) float32, lengths (B,) int64)."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    history = np.zeros((len(rows), lengths.max()), dtype=np.float32)
+    for i, row in enumerate(rows):
+        history[i, : len(row)] = row
+    return torch.from_numpy(history), torch.from_numpy(lengths)
+
+
+def sample_batch(y: np.ndarray, train_end: int, horizon: int, tc: TrainConfig,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random windows whose targets end before ``train_end``: history, lengths, target (B, H).
+
+    The batch's longest length is drawn first, then each row's length below it, so batches
+    mix lengths (with real right padding) without always paying for the longest window.
+    """
+    top = int(rng.integers(tc.min_window, tc.max_window + 1))
+    lengths = rng.integers(tc.min_window, top + 1, size=tc.batch_size)
+    ends = [int(rng.integers(L, train_end - horizon + 1)) for L in lengths]
+    history, lens = pad_rows([y[e - L : e] for e, L in zip(ends, lengths, strict=True)])
+    target = np.stack([y[e : e + horizon] for e in ends]).astype(np.float32)
+    return history, lens, torch.from_numpy(target)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def origins(start: int, stop: int, horizon: int) -> list[int]:
+    """History ends e (exclusive) with targets y[e : e + horizon] inside [start, stop)."""
+    return list(range(start, stop - horizon + 1))
+
+
+def seasonal_naive_drift(y: np.ndarray, end: int, horizon: int) -> np.ndarray:
+    """Last year's value plus last year's change: y[t+h-52] + (y[t] - y[t-52]), t = end - 1."""
+    assert horizon <= SEASON, f"the baseline needs horizon <= {SEASON}, got {horizon}"
+    t = end - 1
+    h = np.arange(1, horizon + 1)
+    return y[t + h - SEASON] + (y[t] - y[t - SEASON])
+
+
+@torch.no_grad()
+def forecast(model: Forecaster, y: np.ndarray, ends: list[int], max_len: int,
+             batch: int = 64) -> np.ndarray:
+    """Model forecasts (len(ends), H) from each end's history, capped to max_len points."""
+    model.eval()
+    out = []
+    for i in range(0, len(ends), batch):
+        rows = [y[max(0, e - max_len) : e] for e in ends[i : i + batch]]
+        out.append(model(*pad_rows(rows)).numpy().astype(np.float64))
+    return np.concatenate(out)
+
+
+def evaluate(model: Forecaster, y: np.ndarray, start: int, stop: int, max_len: int,
+             batch: int = 64) -> dict[str, Any]:
+    """Rolling-origin MAE of the model and of the baseline on targets inside [start, stop)."""
+    H = model.config.horizon
+    ends = origins(start, stop, H)
+    truth = np.stack([y[e : e + H] for e in ends])  # (O, H)
+    pred = forecast(model, y, ends, max_len, batch)
+    base = np.stack([seasonal_naive_drift(y, e, H) for e in ends])
+    mae, base_mae = float(np.abs(pred - truth).mean()), float(np.abs(base - truth).mean())
+    return {"mae": mae, "baseline_mae": base_mae, "origins": len(ends),
+            "mae_by_step": np.abs(pred - truth).mean(0), "base_by_step": np.abs(base - truth).mean(0)}
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total: int, tc: TrainConfig) -> float:
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    progress = (step - tc.warmup_steps) / max(1, total - tc.warmup_steps)
+    return tc.lr * (tc.final_lr_frac + (1 - tc.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_step(model: Forecaster, opt: torch.optim.Optimizer, history: torch.Tensor,
+               lengths: torch.Tensor, target: torch.Tensor, grad_clip: float) -> float:
+    """One optimiser step on the batch's MAE (ppm); returns the loss before the step."""
+    model.train()
+    loss = (model(history, lengths) - target).abs().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def probe_loss(model: Forecaster, batch: tuple[torch.Tensor, ...]) -> float:
+    """MAE (ppm) on a fixed batch in eval mode."""
+    history, lengths, target = batch
+    model.eval()
+    return (model(history, lengths) - target).abs().mean().item()
+
+
+def fit(model: Forecaster, y: np.ndarray, tc: TrainConfig, rng: np.random.Generator,
+        max_len: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Train on y[:val_start] and keep the epoch with the lowest validation MAE.
+
+    Returns the per-epoch curves and a summary: the loss on a fixed probe batch of training
+    windows before training and after the last epoch, and the epoch kept.
+    """
+    val_start, test_start = split_points(len(y), tc)
+    H = model.config.horizon
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    total = tc.epochs * tc.steps_per_epoch
+    curves: dict[str, list[float]] = {"train loss (MAE, ppm)": [], "validation MAE (ppm)": []}
+    probe = sample_batch(y, val_start, H, tc, rng)  # fixed training windows: a steady loss probe
+    probe_start = probe_loss(model, probe)
+    best, best_state, best_epoch, step = math.inf, None, 0, 0
+    bar = tqdm(total=total, desc="forecaster", unit="step", leave=False)
+    for epoch in range(tc.epochs):
+        losses = []
+        for _ in range(tc.steps_per_epoch):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, tc)
+            history, lengths, target = sample_batch(y, val_start, H, tc, rng)
+            losses.append(train_step(model, opt, history, lengths, target, tc.grad_clip))
+            step += 1
+            bar.update(1)
+        val = evaluate(model, y, val_start, test_start, max_len, tc.eval_batch)
+        curves["train loss (MAE, ppm)"].append(float(np.mean(losses)))
+        curves["validation MAE (ppm)"].append(val["mae"])
+        bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val=f"{val['mae']:.3f}")
+        if val["mae"] < best:
+            best, best_state, best_epoch = val["mae"], copy.deepcopy(model.state_dict()), epoch + 1
+    bar.close()
+    summary = {"probe_start": probe_start, "probe_end": probe_loss(model, probe),
+               "best_epoch": best_epoch}
+    model.load_state_dict(best_state)
+    return curves, summary
+
+
+# --- plots ---------------------------------------------------------------------------------
+
+
+def plot_forecasts(model: Forecaster, dates: np.ndarray, y: np.ndarray, test_start: int,
+                   max_len: int, path: Path) -> Path:
+    """Truth over the held-out weeks, with model and baseline forecasts from a few origins."""
+    import matplotlib.pyplot as plt  # training.common already chose the Agg backend
+
+    H = model.config.horizon
+    ends = origins(test_start, len(y), H)
+    picks = [ends[i] for i in np.linspace(0, len(ends) - 1, 4).round().astype(int)]
+    preds = forecast(model, y, picks, max_len)
+    res = evaluate(model, y, test_start, len(y), max_len)
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2.2, 1]})
+    lo = test_start - 78
+    ax.plot(dates[lo:], y[lo:], color="black", lw=1, label="observed")
+    ax.axvline(dates[test_start], color="grey", ls=":", lw=1)
+    ax.text(dates[test_start], y[lo:].max(), " held out", color="grey", va="top")
+    for i, (e, p) in enumerate(zip(picks, preds, strict=True)):
+        color = f"C{i}"
+        steps = dates[e : e + H]
+        ax.plot(steps, p, color=color, lw=1.8, label="forecaster" if i == 0 else None)
+        ax.plot(steps, seasonal_naive_drift(y, e, H), color=color, lw=1, ls="--",
+                label="seasonal naive + drift" if i == 0 else None)
+        ax.plot(dates[e - 1], y[e - 1], "o", color=color, ms=4)
+    ax.set_ylabel("CO2 (ppm)")
+    ax.set_title(f"Forecasts from {len(picks)} origins in the held-out {len(y) - test_start} weeks")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    steps = np.arange(1, H + 1)
+    ax2.plot(steps, res["mae_by_step"], label=f"forecaster ({res['mae']:.3f})")
+    ax2.plot(steps, res["base_by_step"], ls="--", label=f"baseline ({res['baseline_mae']:.3f})")
+    ax2.set_xlabel("weeks ahead")
+    ax2.set_ylabel("MAE (ppm)")
+    ax2.set_title(f"Held-out MAE by step, {res['origins']} origins")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def forget_gru_dispatch() -> None:
+    """Drop the dispatcher's cached kernel for aten.gru (works around a torch 2.13 issue).
+
+    For a dynamic time axis, torch.onnx.export swaps in a while-loop GRU decomposition, but
+    the dispatcher keeps the kernel it resolved during the first export. A second GRU export
+    in the same process then traces the stale unrolled decomposition and silently freezes
+    the time axis at the example's length. Clearing the cache makes every export resolve
+    the kernel afresh; outside an export it costs one re-resolution.
+    """
+    cache = getattr(torch.ops.aten.gru.input, "_dispatch_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
+def make_example_inputs(y: np.ndarray, config: ForecasterConfig, seed: int):
+    """batch -> (history, lengths): real windows with mixed lengths and heavy right padding.
+
+    Batch 2 is the export trace. The exporter re-traces the GRU once per time step of the
+    example, so that example is kept short (it fixes no shape: time is a dynamic axis); the
+    parity batches (1, 7, 64) use served lengths from min_length up to 520 weeks. Export
+    asks for its inputs just before tracing and before each check, so this is also where
+    :func:`forget_gru_dispatch` runs.
+    """
+
+    def example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        forget_gru_dispatch()
+        rng = np.random.default_rng(seed + batch)
+        if batch == 2:
+            lengths = np.array([8, 5])
+        else:
+            lengths = rng.integers(config.min_length, 521, size=batch)
+            lengths[0] = 520  # at least one full row
+        rows = [y[e - L : e] for L, e in ((L, int(rng.integers(L, len(y) + 1))) for L in lengths)]
+        return pad_rows(rows)
+
+    return example_inputs
+
+
+def dynamic_shapes() -> dict[str, dict[int, object]]:
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    return {"history": {0: batch, 1: time}, "lengths": {0: batch}}
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def train(options: TrainOptions) -> TrainedModel:
+    seed_everything(options.seed)
+    rng = np.random.default_rng(options.seed)
+    tc = TrainConfig(**(DRY_RUN if options.dry_run else {}))
+    if options.epochs is not None:
+        tc.epochs = options.epochs
+    cfg = ForecasterConfig(min_length=tc.min_window)
+
+    dates, y, missing = load_series()
+    val_start, test_start = split_points(len(y), tc)
+    model = Forecaster(cfg)
+    log.info("forecaster: %d parameters, %d train / %d val / %d test weeks",
+             sum(p.numel() for p in model.parameters()), val_start, test_start - val_start,
+             len(y) - test_start)
+    curves, summary = fit(model, y, tc, rng, cfg.max_length)
+
+    test = evaluate(model, y, test_start, len(y), cfg.max_length, tc.eval_batch)
+    val = evaluate(model, y, val_start, test_start, cfg.max_length, tc.eval_batch)
+    metrics = {
+        "test_mae": round(test["mae"], 4),
+        "baseline_mae": round(test["baseline_mae"], 4),
+        "improvement_vs_baseline": round(1 - test["mae"] / test["baseline_mae"], 4),
+        "test_origins": test["origins"],
+        "test_history_length": cfg.max_length,
+        "test_weeks": tc.test_weeks,
+        "horizon": cfg.horizon,
+        "val_mae": round(val["mae"], 4),
+        "val_baseline_mae": round(val["baseline_mae"], 4),
+        "best_epoch": summary["best_epoch"],
+        "train_loss_last_epoch": round(curves["train loss (MAE, ppm)"][-1], 4),
+        # MAE on one fixed batch of training windows before training and after the last epoch
+        "probe_loss_start": round(summary["probe_start"], 4),
+        "probe_loss_end": round(summary["probe_end"], 4),
+    }
+    for length in (cfg.min_length, 300, 500, 2000):  # same origins and targets, other caps
+        metrics[f"test_mae_history_{length}"] = round(
+            evaluate(model, y, test_start, len(y), length, tc.eval_batch)["mae"], 4)
+    log.info("forecaster: %s", metrics)
+
+    workdir = Path(options.workdir)
+    artifacts = [
+        plot_curves(curves, workdir / "forecaster_curves.png", "forecaster training"),
+        plot_forecasts(model, dates, y, test_start, cfg.max_length,
+                       workdir / "forecaster_forecasts.png"),
+    ]
+    model.eval()
+    return TrainedModel(
+        name="forecaster",
+        task="time-series-forecasting",
+        module=model,
+        input_names=["history", "lengths"],
+        output_names=["forecast"],
+        example_inputs=make_example_inputs(y, cfg, options.seed),
+        dynamic_shapes=dynamic_shapes(),
+        metrics=metrics,
+        training={**asdict(tc), "model": asdict(cfg), "seed": options.seed,
+                  "dry_run": options.dry_run, "optimizer": "AdamW", "loss": "MAE (ppm)"},
+        dataset={
+            "name": "Mauna Loa weekly atmospheric CO2 (statsmodels.datasets.co2)",
+            "units": "ppm",
+            "frequency": "weekly (W-SAT)",
+            "weeks": len(y),
+            "first_week": str(dates[0]),
+            "last_week": str(dates[-1]),
+            "missing_weeks_interpolated": missing,
+            "interpolation": "linear in time (pandas interpolate, method='time')",
+            "split": {
+                "train": f"weeks 0-{val_start - 1} ({dates[0]} to {dates[val_start - 1]}): "
+                         "random windows, targets inside this part",
+                "validation": f"weeks {val_start}-{test_start - 1} ({dates[val_start]} to "
+                              f"{dates[test_start - 1]}): epoch selection only",
+                "test": f"weeks {test_start}-{len(y) - 1} ({dates[test_start]} to {dates[-1]}): "
+                        "held out, rolling origins, reported metrics only",
+            },
+        },
+        labels=None,
+        serving={
+            "horizon": cfg.horizon,
+            "min_length": cfg.min_length,
+            "max_length": cfg.max_length,
+            "units": "ppm",
+            "frequency": "weekly",
+            "padding": "right",
+        },
+        artifacts=artifacts,
+    )
