@@ -6,6 +6,7 @@ matches PyTorch (max abs difference <= ``PARITY_ATOL``) at every size in ``PARIT
 
 from __future__ import annotations
 
+import inspect
 import logging
 import platform
 import tempfile
@@ -85,7 +86,26 @@ def export_onnx(model: TrainedModel, path: Path) -> onnx.ModelProto:
     program.save(str(path))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
+    check_dynamic_axes(model, proto)
     return proto
+
+
+def check_dynamic_axes(model: TrainedModel, proto: onnx.ModelProto) -> None:
+    """Fail if an axis declared dynamic came out of the exporter with a fixed size.
+
+    The exporter can silently specialise an axis (it happened to a GRU's time axis when a
+    second GRU was exported in the same process); parity at the traced sizes would not notice.
+    """
+    arguments = list(inspect.signature(model.module.forward).parameters)
+    graph_inputs = {value.name: value for value in proto.graph.input}
+    for argument, input_name in zip(arguments, model.input_names, strict=False):
+        dims = graph_inputs[input_name].type.tensor_type.shape.dim
+        for axis in model.dynamic_shapes.get(argument, {}):
+            if dims[axis].HasField("dim_value"):
+                raise ParityError(
+                    f"{model.name}: axis {axis} of input {input_name!r} was declared dynamic "
+                    f"but was exported with the fixed size {dims[axis].dim_value}"
+                )
 
 
 def check_parity(model: TrainedModel, path: Path) -> float:
