@@ -11,9 +11,11 @@ The policy, in full:
   a request with more items than that is split over several batches, and one batch can
   hold the tail of one request and the head of the next.
 * A request that finds the model idle runs at once: a lone request never waits.
-* Batches form while the model is busy: when a batch finishes, everything queued meanwhile
-  (up to the maximum) goes next. Only then, and only if the batch is not full yet, the
-  batch may wait up to ``max_wait_s`` (counted from its oldest request's arrival) for more.
+* Up to ``max_concurrent_batches`` batches run at the same time (on an executor with that
+  many threads). Batches form while all of them are busy: when one finishes, everything
+  queued meanwhile (up to the maximum) goes next. Only then, and only if the batch is not
+  full yet, it may wait up to ``max_wait_s`` (counted from its oldest request's arrival)
+  for more.
 * The queue is bounded: a request that would push it past ``max_queue_size`` items is
   refused at once with :class:`QueueFull`. Nothing adapts, so nothing needs to recover
   when an overload ends.
@@ -96,23 +98,30 @@ class Batcher(Generic[Item, Result]):
         max_queue_size: int = 1024,
         queue_timeout_s: float = 5.0,
         merge_requests: bool = True,
+        max_concurrent_batches: int = 1,
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         assert max_batch_size >= 1, f"max_batch_size must be >= 1, got {max_batch_size}"
         assert max_queue_size >= 1, f"max_queue_size must be >= 1, got {max_queue_size}"
         assert max_wait_s >= 0, f"max_wait_s must be >= 0, got {max_wait_s}"
+        assert max_concurrent_batches == 1 or executor is not None, (
+            "batches can only overlap on an executor; without one, max_concurrent_batches must be 1"
+        )
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue_size = max_queue_size
         self.queue_timeout_s = queue_timeout_s
         self.merge_requests = merge_requests
+        self.max_concurrent_batches = max_concurrent_batches
         self._executor = executor
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
         self._arrived = asyncio.Event()  # set whenever the queue gains items
+        self._freed = asyncio.Event()  # set whenever a running batch finishes
+        self._running: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -128,7 +137,8 @@ class Batcher(Generic[Item, Result]):
             raise QueueFull(self._queued_items, self.max_queue_size)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or a new event loop (tests, a restarted worker)
-            self._loop, self._arrived, self._dispatcher = loop, asyncio.Event(), None
+            self._loop, self._dispatcher = loop, None
+            self._arrived, self._freed, self._running = asyncio.Event(), asyncio.Event(), set()
         pending = _Pending(items, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._queued_items += len(items)
@@ -139,10 +149,11 @@ class Batcher(Generic[Item, Result]):
 
     async def close(self) -> None:
         """Stop dispatching and fail whatever is still queued."""
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        for task in [self._dispatcher, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
@@ -152,15 +163,26 @@ class Batcher(Generic[Item, Result]):
     # --- the dispatcher -------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-                continue  # the model was idle: run whatever arrived at once
+                continue  # a free slot and new items: they run at once
+            if len(self._running) >= self.max_concurrent_batches:
+                self._freed.clear()
+                await self._freed.wait()
+                await self._maybe_wait_for_more()  # a batch just finished, under load
+                continue
             batch = self._take_batch()
             if batch:
-                await self._run(batch)
-            await self._maybe_wait_for_more()
+                task = loop.create_task(self._run(batch))
+                self._running.add(task)
+                task.add_done_callback(self._batch_finished)
+
+    def _batch_finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._freed.set()
 
     async def _maybe_wait_for_more(self) -> None:
         """After a batch, give a not-yet-full queue until its oldest item's deadline to fill."""

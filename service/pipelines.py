@@ -10,6 +10,7 @@ The V2 protocol routes build items from tensors and share the same batchers.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,7 +38,10 @@ class Pipeline:
         self.metrics = ModelMetrics(model.name)
         policy: BatchPolicy = settings.batch_policy(model.name)
         in_thread = self.run_in_thread_by_default if policy.run_in_thread is None else policy.run_in_thread
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.name}") if in_thread else None
+        concurrency = (policy.max_concurrent_batches or os.cpu_count() or 1) if in_thread else 1
+        self._executor = (
+            ThreadPoolExecutor(concurrency, thread_name_prefix=f"ort-{model.name}") if in_thread else None
+        )
         self.batcher: Batcher = Batcher(
             self.run_batch,
             max_batch_size=policy.max_batch_size,
@@ -45,6 +49,7 @@ class Pipeline:
             max_queue_size=policy.max_queue_size,
             queue_timeout_s=policy.queue_timeout_s,
             merge_requests=settings.batching,
+            max_concurrent_batches=concurrency,
             executor=self._executor,
             on_batch=self._on_batch,
         )

@@ -225,3 +225,25 @@ def test_wait_budget_fills_a_batch_under_load():
 
     assert run(scenario()) == ([10], [20, 30, 40])
     assert model.batches == [[0], [1, 2, 3, 4]]
+
+
+def test_batches_overlap_up_to_the_concurrency_limit():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = Batcher(model, max_batch_size=8, max_concurrent_batches=2, executor=ThreadPoolExecutor(2))
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.submit([0]))
+        await wait_for_thread_event(model.entered)
+        model.entered.clear()
+        # The first batch is still blocked, yet a second one starts on the other slot.
+        second = asyncio.ensure_future(batcher.submit([1]))
+        await wait_for_thread_event(model.entered)
+        third = asyncio.ensure_future(batcher.submit([2, 3]))  # both slots busy: it queues
+        await asyncio.sleep(0.05)
+        assert len(model.batches) == 2
+        model.gate.set()
+        return await first, await second, await third
+
+    assert run(scenario()) == ([0], [10], [20, 30])
+    assert model.batches == [[0], [1], [2, 3]]
