@@ -6,13 +6,15 @@ at start-up, and a bad one stops the server with a message that says how to fix 
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as EnvParseError
 
 
 class BatchPolicy(BaseModel):
@@ -49,7 +51,7 @@ class Settings(BaseSettings):
     # Folder holding <name>/<version>/{model.onnx,manifest.json}.
     model_store: Path = Path("model_store")
     # Models to serve; empty = every model in the store.
-    models: list[str] = []
+    models: Annotated[list[str], NoDecode] = []
     # Pin versions, e.g. '{"classifier": 1}'; unpinned models serve their highest version.
     model_versions: dict[str, int] = {}
     # Execution provider: "auto" (CUDA when a GPU and onnxruntime-gpu are present), "cpu", "cuda".
@@ -83,7 +85,10 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        """Accept ``classifier,forecaster`` as well as ``["classifier", "forecaster"]``."""
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
@@ -127,9 +132,12 @@ def get_settings() -> Settings:
     """The process-wide settings, read once. Raises :class:`SettingsError` with the fix."""
     try:
         return Settings()
+    except EnvParseError as exc:  # a value that should be JSON is not
+        raise SettingsError(f"invalid service configuration: {exc} (expected JSON)") from None
     except ValidationError as exc:
         problems = "; ".join(
-            f"MODELSERVE_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            (f"MODELSERVE_{'__'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "")
+            + err["msg"]
             for err in exc.errors()
         )
         raise SettingsError(f"invalid service configuration: {problems}") from None
