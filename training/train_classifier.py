@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training.cli import TrainOptions
-from training.common import plot_curves, seed_everything
+from training.common import plot_curves, seed_everything, torch_threads
 from training.export import TrainedModel
 from training.models.classifier import (
     ClassifierConfig,
@@ -162,12 +162,8 @@ def train(options: TrainOptions) -> TrainedModel:
         cfg.epochs = options.epochs
     elif options.dry_run:
         cfg.epochs = cfg.dry_run_epochs
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return fit(options, cfg)
-    finally:
-        torch.set_num_threads(previous_threads)  # leave the next trainer the default
 
 
 def fit(options: TrainOptions, cfg: ClassifierTrainConfig) -> TrainedModel:
