@@ -58,8 +58,13 @@ def read_raw(path: Path) -> list[tuple[list[str], int]]:
     return stacks
 
 
+# Innermost frames of threads that wait for work but that py-spy still samples as running: a
+# thread pool's idle workers, and the event loop in its C poll (uvloop's run_forever has no
+# Python frame of its own; `--native` shows such samples sitting in epoll_wait). uvloop's own
+# C-level socket work is counted as waiting too; `--native` shows it's small.
 WAITING = ("Condition.wait (threading.py)", "Queue.get (queue.py)", "_worker (concurrent/futures/thread.py)",
-           "Event.wait (threading.py)", "select (selectors.py)")
+           "Event.wait (threading.py)", "select (selectors.py)", "Runner.run (asyncio/runners.py)",
+           "run_forever (asyncio/base_events.py)", "asyncio_run (uvicorn/_compat.py)")
 
 
 def report(stacks: list[tuple[list[str], int]], cpu_ms_per_req: float, top: int) -> None:
@@ -67,7 +72,7 @@ def report(stacks: list[tuple[list[str], int]], cpu_ms_per_req: float, top: int)
     waiting = sum(n for frames, n in stacks if frames[-1] in WAITING)
     stacks = [(frames, n) for frames, n in stacks if frames[-1] not in WAITING]
     total = sum(n for _, n in stacks)
-    print(f"left out {waiting} samples of threads blocked waiting for work")
+    print(f"left out {waiting} samples of threads waiting for work (idle pool threads, event loop poll)")
     if not total:
         print("no samples")
         return

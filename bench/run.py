@@ -460,11 +460,15 @@ def soak(server: Server, bodies_file: Path, args: argparse.Namespace) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    split: list[int] = []
+    probe = threading.Timer(args.soak_duration / 2, lambda: split.extend(server.connections_per_worker()))
+    probe.start()
     busy0, cpu0 = system_busy_s(), server.cpu_s()
     w = run_wrk(url, bodies_file, 16, args.soak_duration, args.wrk_threads)
     cpu = server.cpu_s() - cpu0
     others = max(0.0, system_busy_s() - busy0 - cpu - w["cpu_s"])
     stop.set()
+    probe.cancel()
     sampler.join()
     rss_after = server.rss_bytes()
     duration = w["duration_us"] / 1e6
@@ -476,9 +480,10 @@ def soak(server: Server, bodies_file: Path, args: argparse.Namespace) -> dict:
         "server_cpu_ms_per_req": cpu * 1000 / max(w["requests"], 1),
         "warmup_s": args.soak_warmup, "rss_after_warmup_mb": rss_warm / 2**20,
         "rss_after_mb": rss_after / 2**20, "rss_ratio": rss_after / rss_warm, "rss_samples_mb": samples,
-        "others_cores_busy": others / w["wall_s"],
+        "others_cores_busy": others / w["wall_s"], "connections_per_worker": split,
     }
-    log(f"  soak: {result['req_per_s']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, "
+    log(f"  soak: connections per worker {cell_text(split, '')}, {result['req_per_s']:.0f} req/s, "
+        f"p99 {result['p99_ms']:.2f} ms, "
         f"max {result['max_ms']:.1f} ms, RSS {result['rss_after_warmup_mb']:.1f} -> "
         f"{result['rss_after_mb']:.1f} MB, errors {result['error_count']}, "
         f"other processes {result['others_cores_busy']:.2f} cores")
@@ -831,7 +836,11 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_docs(result: dict, sweep: dict | None, path: Path) -> None:
+def env_text(env: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items())
+
+
+def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -> None:
     m, o = result["machine"], result["options"]
     v = m["versions"]
     settings = result["settings"]["service"]
@@ -881,7 +890,7 @@ def write_docs(result: dict, sweep: dict | None, path: Path) -> None:
         "## Servers",
         "",
         "- **service (defaults)**: `bentoml serve` of this repository with no `MODELSERVE_*` settings"
-        + (" beyond `" + " ".join(f"{k}={val}" for k, val in env.items()) + "`" if env else "")
+        + (" beyond `" + env_text(env) + "`" if env else "")
         + (". As the service resolved them: "
            + ", ".join(f"`{k}={'auto' if v is None else v}`" for k, v in settings.items()) + "."
            if settings else "."),
@@ -920,12 +929,44 @@ def write_docs(result: dict, sweep: dict | None, path: Path) -> None:
             "",
             f"After {s['warmup_s']} s of warm-up at c=16 on a fresh server: {s['req_per_s']:,.0f} req/s,"
             f" p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, p99.9 {s['p999_ms']:.2f} ms,"
-            f" max {s['max_ms']:.1f} ms, {s['error_count']} failed; server RSS"
+            f" max {s['max_ms']:.1f} ms, {s['error_count']} failed, connections per worker"
+            f" {cell_text(s.get('connections_per_worker'), '')}; server RSS"
             f" {s['rss_after_warmup_mb']:.1f} MB after warm-up, {s['rss_after_mb']:.1f} MB after the run"
             f" ({(s['rss_ratio'] - 1) * 100:+.1f}%). RSS every 5 s (MB): "
             + ", ".join(f"{mb:.1f}" for _, mb in s["rss_samples_mb"]) + ".",
             "",
         ]
+    if alt:
+        alt_env = env_text(alt["options"]["env"])
+        label = lambda c: SERVERS[c["server"]].replace("(defaults)", "(these settings)")  # noqa: E731
+        lines += [
+            f"## The same run with `{alt_env}`",
+            "",
+            f"A separate full run ({alt['started_at']}, service at commit {alt.get('revision', 'unknown')},"
+            f" {alt['options']['cell_seconds']} s per cell), with these settings given to both service"
+            " servers (`python bench/run.py --env ...`, bench/results/with-env.json); the baseline and"
+            " in-process figures are from that run too.",
+            "",
+            targets_table(alt),
+            "",
+            "### /classify",
+            "",
+            cells_table(alt["cells"], "classify", label),
+            "",
+            "### /forecast",
+            "",
+            cells_table(alt["cells"], "forecast", label),
+            "",
+        ]
+        s_alt = alt.get("soak")
+        if s_alt:
+            lines += [
+                f"Stall and leak run: {s_alt['req_per_s']:,.0f} req/s, p99 {s_alt['p99_ms']:.2f} ms,"
+                f" max {s_alt['max_ms']:.1f} ms, RSS {s_alt['rss_after_warmup_mb']:.1f} ->"
+                f" {s_alt['rss_after_mb']:.1f} MB ({(s_alt['rss_ratio'] - 1) * 100:+.1f}%), connections per"
+                f" worker {cell_text(s_alt.get('connections_per_worker'), '')}.",
+                "",
+            ]
     if sweep:
         so = sweep["options"]
         lines += [
@@ -948,6 +989,7 @@ def write_docs(result: dict, sweep: dict | None, path: Path) -> None:
         "```bash",
         "python bench/run.py            # the full run: about 7 minutes, rewrites this file",
         "python bench/run.py --sweep-only --rounds 3 --duration 4   # the settings table: ~20 minutes",
+        "python bench/run.py --env MODELSERVE_X=V ...   # the alternative-settings section",
         "python bench/run.py --report-only   # rewrite this file from bench/results/*.json",
         "```",
         "",
@@ -988,7 +1030,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite docs and plot from bench/results/latest.json without running")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md and the plot alone")
-    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="raw results (JSON)")
+    parser.add_argument("--out", type=Path, help="raw results (JSON; default bench/results/latest.json, or"
+                        " bench/results/with-env.json with --env)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["in_process", *SERVERS, "soak"],
                         help="parts of the run to leave out (targets that need them are dropped)")
     parser.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
@@ -1008,14 +1051,24 @@ def main() -> None:
     args.soak_warmup = 2 if args.quick else 30
     args.in_process_s = 1.0 if args.quick else 3.0
     args.store = args.store.resolve()
-    sweep_path = RESULTS / "sweep.json"
+    sweep_path, latest_path = RESULTS / "sweep.json", RESULTS / "latest.json"
+    env_path = RESULTS / "with-env.json"
+    args.out = args.out or (env_path if args.env else latest_path)
+
+    def regenerate_docs() -> None:
+        """docs/benchmarks.md and the plot from the saved defaults run, sweep and --env run."""
+        if not latest_path.exists():
+            log("no bench/results/latest.json (a run with default settings): docs not written")
+            return
+        paths = (latest_path, sweep_path, env_path)
+        saved = [json.loads(p.read_text()) if p.exists() else None for p in paths]
+        write_docs(saved[0], saved[1], saved[2], DOCS)
+        plot(saved[0], PLOT)
+        log(f"wrote {DOCS.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
 
     if args.report_only:
-        result = json.loads(args.out.read_text())
-        sweep = json.loads(sweep_path.read_text()) if sweep_path.exists() else None
-        print_report(result)
-        write_docs(result, sweep, DOCS)
-        plot(result, PLOT)
+        print_report(json.loads(args.out.read_text()))
+        regenerate_docs()
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
@@ -1023,23 +1076,18 @@ def main() -> None:
         if not (args.store / name).is_dir():
             raise SystemExit(f"the store has no {name}: train the models first, or pass --store")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    sweep = None
     if args.sweep or args.sweep_only:
         sweep = sweep_run(args)
         sweep_path.write_text(json.dumps(sweep, indent=1))
         print_sweep(sweep)
         if args.sweep_only:
             return
-    elif sweep_path.exists():
-        sweep = json.loads(sweep_path.read_text())
     result = main_run(args)
     args.out.write_text(json.dumps(result, indent=1))
     print_report(result)
     log(f"raw results: {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     if not args.no_docs:
-        write_docs(result, sweep, DOCS)
-        plot(result, PLOT)
-        log(f"wrote {DOCS.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
+        regenerate_docs()
 
 
 if __name__ == "__main__":
