@@ -29,16 +29,16 @@ class BatchPolicy(BaseModel):
     # Most items waiting per model and worker; beyond it requests get 503 + Retry-After.
     max_queue_size: int = Field(1024, ge=1)
     # A queued item older than this is answered 503 instead of being run late.
-    queue_timeout_s: float = Field(2.0, gt=0)
+    queue_timeout_s: float = Field(1.5, gt=0)
     # Run ONNX Runtime on a helper thread, so the event loop keeps parsing requests meanwhile,
     # or inline on the event loop, which saves a thread hand-off per batch (~0.15 ms of CPU).
     # Unset: inline for the microsecond models (classifier, generator), a thread for the
     # forecaster, whose batches take milliseconds.
     run_in_thread: bool | None = None
     # Batches of one model that may run at once in one worker (on that many threads; only
-    # with run_in_thread). Unset: one per core when in a thread, so that a worker that
-    # happens to hold most of the connections can still use every core.
-    max_concurrent_batches: int | None = Field(None, ge=1, le=64)
+    # with run_in_thread). 1 measured best on 2 cores with 2 workers: more threads than
+    # cores lengthened the forecaster's tail (docs/benchmarks.md, settings sweep).
+    max_concurrent_batches: int | None = Field(1, ge=1, le=64)
 
 
 class Settings(BaseSettings):
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     # BentoML's own per-request timeout (seconds). It arms a timer per request that keeps the
     # request's objects alive until it fires, so a long one grows the heap under load and
     # lengthens garbage-collection pauses; the batch queue_timeout_s is the real deadline.
-    http_timeout_s: float = Field(5.0, gt=0)
+    http_timeout_s: float = Field(2.0, gt=0)
     # One log line per request (BentoML's access log). Off by default: it costs throughput.
     access_log: bool = False
 
