@@ -16,13 +16,11 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import schemas, v2
 from service.errors import (
     ApiError,
     InvalidInput,
-    PayloadTooLarge,
     UnsupportedMediaType,
     api_error_handler,
     http_error_handler,
@@ -32,6 +30,7 @@ from service.errors import (
 from service.http import LeanRoute, guarded, openapi_body, read_json, registry_of
 from service.images import digit_from_image, png_from_digit
 from service.metrics import exposition
+from service.middleware import BodyLimit, ConnectionRecycler
 from service.pipelines import Pipeline
 from service.settings import get_settings
 
@@ -136,40 +135,6 @@ async def metrics(_: Request) -> Response:
 # --- the app -------------------------------------------------------------------------------
 
 
-class BodyLimit:
-    """413 for a body over ``limit`` bytes: at once from Content-Length, else while streaming."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope["headers"]:
-            if name == b"content-length" and int(value or 0) > self.limit:
-                response = json_response(self._error(int(value)).body(), 413)
-                return await response(scope, receive, send)
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise self._error(received)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _error(self, size: int) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"the request body ({size} bytes or more) is over the limit of "
-            f"{self.limit} bytes (MODELSERVE_MAX_BODY_BYTES)",
-            {"limit": self.limit},
-        )
-
-
 def create_app() -> FastAPI:
     app = FastAPI(
         title="modelserve",
@@ -230,5 +195,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    app.add_middleware(BodyLimit, limit=get_settings().max_body_bytes)
+    settings = get_settings()
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.worker_count > 1 and settings.recycle_connection_every:
+        app.add_middleware(ConnectionRecycler, every=settings.recycle_connection_every)
     return app

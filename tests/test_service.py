@@ -218,3 +218,16 @@ def test_metrics_report_per_model_series(server):
         assert metric_values(text, name, "forecaster"), name
     padded = metric_values(text, "modelserve_padded_fraction_count", "forecaster")
     assert padded[""] >= 1
+
+
+def test_workers_ask_keep_alive_clients_to_reconnect_now_and_then(server):
+    # Two workers, each closing one connection in 100 responses (the default): over 250
+    # requests on one keep-alive client at least one close is due, and the client's
+    # reconnects are invisible in the answers.
+    image = DIGITS.images[0].tolist()
+    with server.client() as http:
+        want = http.post("/classify", json={"images": [image]}).json()
+        responses = [http.post("/classify", json={"images": [image]}) for _ in range(250)]
+    closes = sum(r.headers.get("connection") == "close" for r in responses)
+    assert 1 <= closes <= 4, f"{closes} of 250 responses closed their connection"
+    assert all(r.status_code == 200 and r.json() == want for r in responses)
