@@ -39,6 +39,7 @@ models: $(VENV)/.test-$(ORT)
 
 lint: $(VENV)/.test-$(ORT)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(VENV)/.test-$(ORT)
 	$(BIN)/ruff format .

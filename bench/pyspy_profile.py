@@ -62,9 +62,16 @@ def read_raw(path: Path) -> list[tuple[list[str], int]]:
 # thread pool's idle workers, and the event loop in its C poll (uvloop's run_forever has no
 # Python frame of its own; `--native` shows such samples sitting in epoll_wait). uvloop's own
 # C-level socket work is counted as waiting too; `--native` shows it's small.
-WAITING = ("Condition.wait (threading.py)", "Queue.get (queue.py)", "_worker (concurrent/futures/thread.py)",
-           "Event.wait (threading.py)", "select (selectors.py)", "Runner.run (asyncio/runners.py)",
-           "run_forever (asyncio/base_events.py)", "asyncio_run (uvicorn/_compat.py)")
+WAITING = (
+    "Condition.wait (threading.py)",
+    "Queue.get (queue.py)",
+    "_worker (concurrent/futures/thread.py)",
+    "Event.wait (threading.py)",
+    "select (selectors.py)",
+    "Runner.run (asyncio/runners.py)",
+    "run_forever (asyncio/base_events.py)",
+    "asyncio_run (uvicorn/_compat.py)",
+)
 
 
 def report(stacks: list[tuple[list[str], int]], cpu_ms_per_req: float, top: int) -> None:
@@ -76,8 +83,10 @@ def report(stacks: list[tuple[list[str], int]], cpu_ms_per_req: float, top: int)
     if not total:
         print("no samples")
         return
-    print(f"{total} samples; server CPU {cpu_ms_per_req * 1000:.0f} µs per request"
-          " (percentages below are of the server's sampled CPU)")
+    print(
+        f"{total} samples; server CPU {cpu_ms_per_req * 1000:.0f} µs per request"
+        " (percentages below are of the server's sampled CPU)"
+    )
 
     def show(title: str, counter: collections.Counter, limit: int) -> None:
         print(f"\n{title}")
@@ -96,16 +105,32 @@ def report(stacks: list[tuple[list[str], int]], cpu_ms_per_req: float, top: int)
             inclusive[frame] += n
     show("by thread", threads, 10)
     show("by area (self time: the innermost frame's file)", areas, 30)
-    skip = ("_run_module_as_main", "_run_code", "<module>", "Command.", "Context.invoke", "main (",
-            "Server.run", "asyncio_run", "Runner.run", "run_forever", "_bootstrap", "Thread.run",
-            "_worker (concurrent")
-    show("by function, inclusive (each counted once per stack)",
-         collections.Counter({f: n for f, n in inclusive.items() if not any(s in f for s in skip)}), top)
+    skip = (
+        "_run_module_as_main",
+        "_run_code",
+        "<module>",
+        "Command.",
+        "Context.invoke",
+        "main (",
+        "Server.run",
+        "asyncio_run",
+        "Runner.run",
+        "run_forever",
+        "_bootstrap",
+        "Thread.run",
+        "_worker (concurrent",
+    )
+    show(
+        "by function, inclusive (each counted once per stack)",
+        collections.Counter({f: n for f, n in inclusive.items() if not any(s in f for s in skip)}),
+        top,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--store", type=Path, default=run.ROOT / "model_store")
     parser.add_argument("--server", choices=["service", "baseline"], default="service")
     parser.add_argument("--endpoint", choices=run.ENDPOINTS, default="classify")
@@ -131,8 +156,22 @@ def main() -> None:
             spies = []
             for pid in server.worker_pids():
                 out = workdir / f"{pid}.txt"
-                cmd = [pyspy, "record", "-p", str(pid), "-d", str(args.duration), "-r", str(args.rate),
-                       "-f", "raw", "-t", "--nolineno", "-o", str(out)]
+                cmd = [
+                    pyspy,
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-d",
+                    str(args.duration),
+                    "-r",
+                    str(args.rate),
+                    "-f",
+                    "raw",
+                    "-t",
+                    "--nolineno",
+                    "-o",
+                    str(out),
+                ]
                 if args.native:
                     cmd.append("--native")
                 spies.append((out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
@@ -144,9 +183,11 @@ def main() -> None:
                     print(spy.stderr.read().decode()[-2000:])
         seconds = w["duration_us"] / 1e6
         cpu_ms_per_req = cpu * 1000 / w["requests"]
-        print(f"\n{args.server} /{args.endpoint} c={args.concurrency}: {w['requests'] / seconds:,.0f} req/s, "
-              f"p99 {w['latency_us']['p99'] / 1000:.2f} ms, server CPU {cpu_ms_per_req:.3f} ms/req "
-              "(py-spy's sampling slows the server: compare shares, not the throughput)")
+        print(
+            f"\n{args.server} /{args.endpoint} c={args.concurrency}: {w['requests'] / seconds:,.0f} req/s, "
+            f"p99 {w['latency_us']['p99'] / 1000:.2f} ms, server CPU {cpu_ms_per_req:.3f} ms/req "
+            "(py-spy's sampling slows the server: compare shares, not the throughput)"
+        )
         stacks = [s for out, _ in spies if out.exists() for s in read_raw(out)]
         report(stacks, cpu_ms_per_req, args.top)
         if args.keep:

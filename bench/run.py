@@ -123,8 +123,9 @@ class Model:
 
 def in_process(model: Model, endpoint: str, bodies: list[dict], batch: int, seconds: float) -> dict:
     """Items/s and per-call latency of ``session.run`` alone, on prepared batches."""
-    batches = [model.feeds(endpoint, [bodies[(i * batch + j) % len(bodies)] for j in range(batch)])
-               for i in range(8)]
+    batches = [
+        model.feeds(endpoint, [bodies[(i * batch + j) % len(bodies)] for j in range(batch)]) for i in range(8)
+    ]
     for feeds in batches:  # warm-up
         model.run(feeds)
     times = []
@@ -141,10 +142,17 @@ def in_process(model: Model, endpoint: str, bodies: list[dict], batch: int, seco
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     ms = np.array(times) / 1e6
-    return {"endpoint": endpoint, "batch": batch, "threads": model.threads, "calls": len(times),
-            "items_per_s": len(times) * batch / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()),
-            "cpu_ms_per_item": cpu * 1000 / (len(times) * batch)}
+    return {
+        "endpoint": endpoint,
+        "batch": batch,
+        "threads": model.threads,
+        "calls": len(times),
+        "items_per_s": len(times) * batch / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "cpu_ms_per_item": cpu * 1000 / (len(times) * batch),
+    }
 
 
 # --- servers -------------------------------------------------------------------------------
@@ -174,8 +182,9 @@ class Server:
         env = {**env, "BENTOML_HOME": str(self.home / "bentoml")}  # own Prometheus folder
         self.log_path = self.home / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.root = psutil.Process(self.proc.pid)
 
     def wait_ready(self, timeout_s: float = 180) -> float:
@@ -228,8 +237,13 @@ class Server:
                 conns = psutil.Process(pid).net_connections(kind="tcp")
             except psutil.Error:
                 continue
-            counts.append(sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED
-                              and c.laddr and c.laddr.port == self.port))
+            counts.append(
+                sum(
+                    1
+                    for c in conns
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == self.port
+                )
+            )
         return counts
 
     def stop(self) -> None:
@@ -279,14 +293,28 @@ def running(name: str, command: Callable[[int], list[str]], env: dict[str, str])
 
 def bentoml_command(port: int) -> list[str]:
     exe = Path(sys.executable).parent / "bentoml"
-    return [str(exe if exe.exists() else shutil.which("bentoml")), "serve",
-            "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        str(exe if exe.exists() else shutil.which("bentoml")),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 def baseline_command(store: Path, threads: int) -> Callable[[int], list[str]]:
     script = ROOT / "bench" / "baseline_app.py"
-    return lambda port: [sys.executable, str(script), "--store", str(store), "--port", str(port),
-                         "--threads", str(threads)]
+    return lambda port: [
+        sys.executable,
+        str(script),
+        "--store",
+        str(store),
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+    ]
 
 
 def post(url: str, body: dict, timeout: float = 10) -> dict:
@@ -316,8 +344,20 @@ def check_answers(server: Server, endpoint: str, bodies: list[dict], reference: 
 def run_wrk(url: str, bodies_file: Path, concurrency: int, seconds: int, threads: int) -> dict:
     """One wrk run; its JSON summary plus its own CPU seconds (from wait4's rusage)."""
     threads = min(threads, concurrency)
-    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
-               "--latency", "-s", str(LUA), url, "--", str(bodies_file)]
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        str(bodies_file),
+    ]
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killer = threading.Timer(seconds + 30, proc.kill)  # every load run is bounded in time
@@ -368,8 +408,16 @@ def wait_quiet(server: Server | None, limit_s: float) -> None:
     log(f"  {'quiet' if load < NOISE_CORES else 'still busy'} ({load:.2f} cores): going on")
 
 
-def measure_cell(server: Server, endpoint: str, bodies_file: Path, concurrency: int,
-                 seconds: int, warmup_s: int, wrk_threads: int, quiet_wait_s: float = 0) -> dict:
+def measure_cell(
+    server: Server,
+    endpoint: str,
+    bodies_file: Path,
+    concurrency: int,
+    seconds: int,
+    warmup_s: int,
+    wrk_threads: int,
+    quiet_wait_s: float = 0,
+) -> dict:
     url = f"{server.url}/{endpoint}"
     wait_quiet(server, quiet_wait_s)
     if warmup_s:
@@ -388,29 +436,48 @@ def measure_cell(server: Server, endpoint: str, bodies_file: Path, concurrency: 
     errors = sum(w["errors"].values())
     lat = w["latency_us"]
     cell = {
-        "server": server.name, "endpoint": endpoint, "concurrency": concurrency,
-        "seconds": duration, "requests": w["requests"], "errors": w["errors"], "error_count": errors,
+        "server": server.name,
+        "endpoint": endpoint,
+        "concurrency": concurrency,
+        "seconds": duration,
+        "requests": w["requests"],
+        "errors": w["errors"],
+        "error_count": errors,
         "req_per_s": w["requests"] / duration,
         "rows_per_s": w["requests"] / duration,  # one image / one row per request
-        "p50_ms": lat["p50"] / 1000, "p90_ms": lat["p90"] / 1000, "p99_ms": lat["p99"] / 1000,
-        "p999_ms": lat["p999"] / 1000, "max_ms": lat["max"] / 1000, "mean_ms": lat["mean"] / 1000,
-        "server_cpu_ms_per_req": cpu * 1000 / n, "server_cores_busy": cpu / duration,
+        "p50_ms": lat["p50"] / 1000,
+        "p90_ms": lat["p90"] / 1000,
+        "p99_ms": lat["p99"] / 1000,
+        "p999_ms": lat["p999"] / 1000,
+        "max_ms": lat["max"] / 1000,
+        "mean_ms": lat["mean"] / 1000,
+        "server_cpu_ms_per_req": cpu * 1000 / n,
+        "server_cores_busy": cpu / duration,
         "server_rss_mb": rss / 2**20,
-        "wrk_cpu_us_per_req": w["cpu_s"] * 1e6 / n, "wrk_cores_busy": w["cpu_s"] / w["wall_s"],
-        "others_cores_busy": others / w["wall_s"], "connections_per_worker": split,
+        "wrk_cpu_us_per_req": w["cpu_s"] * 1e6 / n,
+        "wrk_cores_busy": w["cpu_s"] / w["wall_s"],
+        "others_cores_busy": others / w["wall_s"],
+        "connections_per_worker": split,
     }
     flag = f"  ERRORS {w['errors']}" if errors else ""
     if cell["others_cores_busy"] > NOISE_CORES:
         flag += f"  NOISY: other processes used {cell['others_cores_busy']:.2f} cores"
-    log(f"  {server.name:16} /{endpoint:8} c={concurrency:<3} {cell['req_per_s']:8.0f} req/s  "
+    log(
+        f"  {server.name:16} /{endpoint:8} c={concurrency:<3} {cell['req_per_s']:8.0f} req/s  "
         f"p50 {cell['p50_ms']:6.2f}  p99 {cell['p99_ms']:7.2f}  max {cell['max_ms']:7.1f} ms  "
         f"cpu {cell['server_cpu_ms_per_req']:.3f} ms/req  wrk {cell['wrk_cores_busy']:.2f} cores  "
-        f"conns {cell_text(split, '')}{flag}")
+        f"conns {cell_text(split, '')}{flag}"
+    )
     return cell
 
 
-def measure_server(server: Server, bodies: dict[str, Path], references: dict[str, np.ndarray],
-                   all_bodies: dict[str, list[dict]], args: argparse.Namespace) -> list[dict]:
+def measure_server(
+    server: Server,
+    bodies: dict[str, Path],
+    references: dict[str, np.ndarray],
+    all_bodies: dict[str, list[dict]],
+    args: argparse.Namespace,
+) -> list[dict]:
     """Every cell of one server; with ``--rounds N``, each cell is the median of N rounds."""
     cells = []
     for endpoint in ENDPOINTS:
@@ -420,8 +487,18 @@ def measure_server(server: Server, bodies: dict[str, Path], references: dict[str
         rounds: dict[int, list[dict]] = {c: [] for c in CONCURRENCY}
         for _ in range(args.rounds):  # each round opens fresh connections: a new spread over workers
             for c in CONCURRENCY:
-                rounds[c].append(measure_cell(server, endpoint, bodies[endpoint], c, args.duration,
-                                              args.cell_warmup, args.wrk_threads, args.quiet_wait))
+                rounds[c].append(
+                    measure_cell(
+                        server,
+                        endpoint,
+                        bodies[endpoint],
+                        c,
+                        args.duration,
+                        args.cell_warmup,
+                        args.wrk_threads,
+                        args.quiet_wait,
+                    )
+                )
         for c in CONCURRENCY:
             cell = rounds[c][0] if len(rounds[c]) == 1 else median_cell(rounds[c])
             cell["max_abs_diff_vs_in_process"] = diff
@@ -439,8 +516,10 @@ def median_cell(rounds: list[dict]) -> dict:
     cell["requests"] = sum(r["requests"] for r in rounds)
     cell["error_count"] = sum(r["error_count"] for r in rounds)
     cell["connections_per_worker"] = [r["connections_per_worker"] for r in rounds]
-    cell["rounds"] = [{k: r[k] for k in ("req_per_s", "p50_ms", "p99_ms", "max_ms", "connections_per_worker")}
-                      for r in rounds]
+    cell["rounds"] = [
+        {k: r[k] for k in ("req_per_s", "p50_ms", "p99_ms", "max_ms", "connections_per_worker")}
+        for r in rounds
+    ]
     return cell
 
 
@@ -473,20 +552,32 @@ def soak(server: Server, bodies_file: Path, args: argparse.Namespace) -> dict:
     rss_after = server.rss_bytes()
     duration = w["duration_us"] / 1e6
     result = {
-        "seconds": duration, "concurrency": 16, "requests": w["requests"], "errors": w["errors"],
-        "error_count": sum(w["errors"].values()), "req_per_s": w["requests"] / duration,
-        "p50_ms": w["latency_us"]["p50"] / 1000, "p99_ms": w["latency_us"]["p99"] / 1000,
-        "p999_ms": w["latency_us"]["p999"] / 1000, "max_ms": w["latency_us"]["max"] / 1000,
+        "seconds": duration,
+        "concurrency": 16,
+        "requests": w["requests"],
+        "errors": w["errors"],
+        "error_count": sum(w["errors"].values()),
+        "req_per_s": w["requests"] / duration,
+        "p50_ms": w["latency_us"]["p50"] / 1000,
+        "p99_ms": w["latency_us"]["p99"] / 1000,
+        "p999_ms": w["latency_us"]["p999"] / 1000,
+        "max_ms": w["latency_us"]["max"] / 1000,
         "server_cpu_ms_per_req": cpu * 1000 / max(w["requests"], 1),
-        "warmup_s": args.soak_warmup, "rss_after_warmup_mb": rss_warm / 2**20,
-        "rss_after_mb": rss_after / 2**20, "rss_ratio": rss_after / rss_warm, "rss_samples_mb": samples,
-        "others_cores_busy": others / w["wall_s"], "connections_per_worker": split,
+        "warmup_s": args.soak_warmup,
+        "rss_after_warmup_mb": rss_warm / 2**20,
+        "rss_after_mb": rss_after / 2**20,
+        "rss_ratio": rss_after / rss_warm,
+        "rss_samples_mb": samples,
+        "others_cores_busy": others / w["wall_s"],
+        "connections_per_worker": split,
     }
-    log(f"  soak: connections per worker {cell_text(split, '')}, {result['req_per_s']:.0f} req/s, "
+    log(
+        f"  soak: connections per worker {cell_text(split, '')}, {result['req_per_s']:.0f} req/s, "
         f"p99 {result['p99_ms']:.2f} ms, "
         f"max {result['max_ms']:.1f} ms, RSS {result['rss_after_warmup_mb']:.1f} -> "
         f"{result['rss_after_mb']:.1f} MB, errors {result['error_count']}, "
-        f"other processes {result['others_cores_busy']:.2f} cores")
+        f"other processes {result['others_cores_busy']:.2f} cores"
+    )
     return result
 
 
@@ -502,8 +593,11 @@ def resolved_settings(env: dict[str, str]) -> dict[str, Any]:
         os.environ.clear()
         os.environ.update(env)
         s = Settings()
-        resolved = {"workers": s.worker_count, "intra_op_threads": s.threads_per_session,
-                    "batching": s.batching}
+        resolved = {
+            "workers": s.worker_count,
+            "intra_op_threads": s.threads_per_session,
+            "batching": s.batching,
+        }
         resolved.update({f"batch.{k}": v for k, v in s.batch.model_dump().items()})
         for name in ("http_timeout_s", "access_log", "max_body_bytes"):
             if hasattr(s, name):
@@ -534,12 +628,18 @@ def machine() -> dict[str, Any]:
     versions["wrk"] = (wrk.stdout + wrk.stderr).split("[")[0].replace("wrk", "").strip() or "?"
     versions["python"] = platform.python_version()
     memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
-    return {"nproc": os.cpu_count(), "cpu_model": model, "memory_gb": memory_gb,
-            "kernel": platform.release(), "versions": versions}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": memory_gb,
+        "kernel": platform.release(),
+        "versions": versions,
+    }
 
 
 def revision() -> str:
     """The commit the servers ran, and whether service/ differed from it."""
+
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -560,13 +660,17 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict, 
     """Bodies (in memory and as wrk files), the two models and their reference answers."""
     rng = np.random.default_rng(args.seed)
     threads = args.in_process_threads
-    models = {"classify": Model(args.store, "classifier", threads),
-              "forecast": Model(args.store, "forecaster", threads)}
+    models = {
+        "classify": Model(args.store, "classifier", threads),
+        "forecast": Model(args.store, "forecaster", threads),
+    }
     serving = models["forecast"].manifest.serving
     lo = max(300, int(serving.get("min_length", 1)))
     hi = min(500, int(serving.get("max_length", 500)))
-    all_bodies = {"classify": classify_bodies(N_BODIES, rng),
-                  "forecast": forecast_bodies(N_BODIES, rng, lo, hi)}
+    all_bodies = {
+        "classify": classify_bodies(N_BODIES, rng),
+        "forecast": forecast_bodies(N_BODIES, rng, lo, hi),
+    }
     files = {}
     for endpoint, bodies in all_bodies.items():
         files[endpoint] = workdir / f"{endpoint}.bodies"
@@ -584,18 +688,33 @@ def main_run(args: argparse.Namespace) -> dict:
         nobatch_env = {**svc_env, "MODELSERVE_BATCHING": "false"}
         result: dict[str, Any] = {
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": machine(), "store": store_label(args.store), "revision": revision(),
-            "models": {e: {"name": m.manifest.name, "version": m.manifest.version,
-                           "sha256": m.manifest.sha256} for e, m in models.items()},
-            "options": {"cell_seconds": args.duration, "cell_warmup_s": args.cell_warmup,
-                        "server_warmup_s": args.server_warmup, "wrk_threads": args.wrk_threads,
-                        "concurrency": list(CONCURRENCY), "bodies_per_endpoint": N_BODIES,
-                        "forecast_lengths": [min(len(b["series"][0]) for b in all_bodies["forecast"]),
-                                             max(len(b["series"][0]) for b in all_bodies["forecast"])],
-                        "baseline_threads": args.baseline_threads, "env": args.env,
-                        "quiet_wait_s": args.quiet_wait, "rounds": args.rounds},
-            "settings": {"service": resolved_settings(svc_env),
-                         "service_nobatch": resolved_settings(nobatch_env)},
+            "machine": machine(),
+            "store": store_label(args.store),
+            "revision": revision(),
+            "models": {
+                e: {"name": m.manifest.name, "version": m.manifest.version, "sha256": m.manifest.sha256}
+                for e, m in models.items()
+            },
+            "options": {
+                "cell_seconds": args.duration,
+                "cell_warmup_s": args.cell_warmup,
+                "server_warmup_s": args.server_warmup,
+                "wrk_threads": args.wrk_threads,
+                "concurrency": list(CONCURRENCY),
+                "bodies_per_endpoint": N_BODIES,
+                "forecast_lengths": [
+                    min(len(b["series"][0]) for b in all_bodies["forecast"]),
+                    max(len(b["series"][0]) for b in all_bodies["forecast"]),
+                ],
+                "baseline_threads": args.baseline_threads,
+                "env": args.env,
+                "quiet_wait_s": args.quiet_wait,
+                "rounds": args.rounds,
+            },
+            "settings": {
+                "service": resolved_settings(svc_env),
+                "service_nobatch": resolved_settings(nobatch_env),
+            },
         }
         log("in-process ONNX Runtime")
         result["in_process"] = []
@@ -603,13 +722,18 @@ def main_run(args: argparse.Namespace) -> dict:
             for batch in () if "in_process" in args.skip else (1, 64):
                 wait_quiet(None, args.quiet_wait)
                 r = in_process(models[endpoint], endpoint, all_bodies[endpoint], batch, args.in_process_s)
-                log(f"  {endpoint} batch {batch:2}: {r['items_per_s']:9.0f} items/s, "
-                    f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms per call")
+                log(
+                    f"  {endpoint} batch {batch:2}: {r['items_per_s']:9.0f} items/s, "
+                    f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms per call"
+                )
                 result["in_process"].append(r)
         del models  # free the sessions' threads and memory before the servers run
 
-        plan = [("service", bentoml_command, svc_env), ("service_nobatch", bentoml_command, nobatch_env),
-                ("baseline", baseline_command(args.store, args.baseline_threads), svc_env)]
+        plan = [
+            ("service", bentoml_command, svc_env),
+            ("service_nobatch", bentoml_command, nobatch_env),
+            ("baseline", baseline_command(args.store, args.baseline_threads), svc_env),
+        ]
         result["cells"] = []
         for name, command, env in plan:
             if name in args.skip:
@@ -635,11 +759,12 @@ SWEEP = [  # label, environment; one setting changed from the defaults at a time
     ("INTRA_OP_THREADS=2", {"MODELSERVE_INTRA_OP_THREADS": "2"}),
     ("RUN_IN_THREAD=true", {"MODELSERVE_BATCH__RUN_IN_THREAD": "true"}),
     ("RUN_IN_THREAD=false", {"MODELSERVE_BATCH__RUN_IN_THREAD": "false"}),
-    ("MAX_CONCURRENT_BATCHES=1", {"MODELSERVE_BATCH__MAX_CONCURRENT_BATCHES": "1"}),
+    ("MAX_CONCURRENT_BATCHES=2", {"MODELSERVE_BATCH__MAX_CONCURRENT_BATCHES": "2"}),
     ("MAX_WAIT_MS=0", {"MODELSERVE_BATCH__MAX_WAIT_MS": "0"}),
     ("MAX_WAIT_MS=1", {"MODELSERVE_BATCH__MAX_WAIT_MS": "1"}),
     ("BATCHING=false", {"MODELSERVE_BATCHING": "false"}),
-    ("HTTP_TIMEOUT_S=2", {"MODELSERVE_HTTP_TIMEOUT_S": "2"}),
+    ("HTTP_TIMEOUT_S=5", {"MODELSERVE_HTTP_TIMEOUT_S": "5"}),
+    ("RECYCLE_CONNECTION_EVERY=0", {"MODELSERVE_RECYCLE_CONNECTION_EVERY": "0"}),
 ]
 
 
@@ -651,9 +776,14 @@ def sweep_run(args: argparse.Namespace) -> dict:
         _, all_bodies, files, references = prepare(args, workdir)
         result: dict[str, Any] = {
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": machine(), "store": store_label(args.store),
-            "options": {"cell_seconds": args.duration, "wrk_threads": args.wrk_threads, "env": args.env,
-                        "rounds": args.rounds},
+            "machine": machine(),
+            "store": store_label(args.store),
+            "options": {
+                "cell_seconds": args.duration,
+                "wrk_threads": args.wrk_threads,
+                "env": args.env,
+                "rounds": args.rounds,
+            },
             "revision": revision(),
             "variants": [],
         }
@@ -662,8 +792,9 @@ def sweep_run(args: argparse.Namespace) -> dict:
             log(f"sweep: {label}")
             with running("service", bentoml_command, env) as server:
                 cells = measure_server(server, files, references, all_bodies, args)
-            result["variants"].append({"label": label, "env": overrides,
-                                       "settings": resolved_settings(env), "cells": cells})
+            result["variants"].append(
+                {"label": label, "env": overrides, "settings": resolved_settings(env), "cells": cells}
+            )
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -696,37 +827,59 @@ def targets(result: dict) -> list[dict]:
     def throughput(endpoint: str, unit: str, key: str) -> None:
         svc, base = cell_of(result, "service", endpoint, 64), cell_of(result, "baseline", endpoint, 64)
         ratio = svc[key] / base[key]
-        add(f"/{endpoint} c=64: service {unit} >= 1.5x baseline, p99 <= baseline p99",
+        add(
+            f"/{endpoint} c=64: service {unit} >= 1.5x baseline, p99 <= baseline p99",
             ratio >= 1.5 and svc["p99_ms"] <= base["p99_ms"],
             f"{ratio:.2f}x ({svc[key]:,.0f} vs {base[key]:,.0f} {unit}); "
-            f"p99 {svc['p99_ms']:.2f} vs {base['p99_ms']:.2f} ms", [svc, base])
+            f"p99 {svc['p99_ms']:.2f} vs {base['p99_ms']:.2f} ms",
+            [svc, base],
+        )
 
     def latency_c1() -> None:
         s1, b1 = cell_of(result, "service", "classify", 1), cell_of(result, "baseline", "classify", 1)
         gap = s1["p50_ms"] - b1["p50_ms"]
-        add("/classify c=1: service p50 within 1 ms of baseline p50", gap <= 1.0,
-            f"{s1['p50_ms']:.3f} vs {b1['p50_ms']:.3f} ms ({gap:+.3f} ms)", [s1, b1])
+        add(
+            "/classify c=1: service p50 within 1 ms of baseline p50",
+            gap <= 1.0,
+            f"{s1['p50_ms']:.3f} vs {b1['p50_ms']:.3f} ms ({gap:+.3f} ms)",
+            [s1, b1],
+        )
 
     def batching() -> None:
         on = cell_of(result, "service", "forecast", 64)
         off = cell_of(result, "service_nobatch", "forecast", 64)
         ratio = on["rows_per_s"] / off["rows_per_s"]
-        add("/forecast c=64: batching on rows/s >= batching off, p99 no higher",
+        add(
+            "/forecast c=64: batching on rows/s >= batching off, p99 no higher",
             ratio >= 1 and on["p99_ms"] <= off["p99_ms"],
             f"{ratio:.2f}x ({on['rows_per_s']:,.0f} vs {off['rows_per_s']:,.0f} rows/s); "
-            f"p99 {on['p99_ms']:.2f} vs {off['p99_ms']:.2f} ms", [on, off])
+            f"p99 {on['p99_ms']:.2f} vs {off['p99_ms']:.2f} ms",
+            [on, off],
+        )
 
     def soak() -> None:
         s = result["soak"]
-        add(f"/classify c=16 for {s['seconds']:.0f} s: max latency < 50 ms", s["max_ms"] < 50,
-            f"max {s['max_ms']:.1f} ms (p99 {s['p99_ms']:.2f} ms)", [s])
+        add(
+            f"/classify c=16 for {s['seconds']:.0f} s: max latency < 50 ms",
+            s["max_ms"] < 50,
+            f"max {s['max_ms']:.1f} ms (p99 {s['p99_ms']:.2f} ms)",
+            [s],
+        )
         growth = (s["rss_ratio"] - 1) * 100
-        add(f"/classify c=16 for {s['seconds']:.0f} s: RSS after within 10% of RSS after warm-up",
+        add(
+            f"/classify c=16 for {s['seconds']:.0f} s: RSS after within 10% of RSS after warm-up",
             abs(growth) <= 10,
-            f"{s['rss_after_warmup_mb']:.1f} -> {s['rss_after_mb']:.1f} MB ({growth:+.1f}%)", [s])
+            f"{s['rss_after_warmup_mb']:.1f} -> {s['rss_after_mb']:.1f} MB ({growth:+.1f}%)",
+            [s],
+        )
 
-    checks = [lambda: throughput("classify", "req/s", "req_per_s"), latency_c1,
-              lambda: throughput("forecast", "rows/s", "rows_per_s"), batching, soak]
+    checks = [
+        lambda: throughput("classify", "req/s", "req_per_s"),
+        latency_c1,
+        lambda: throughput("forecast", "rows/s", "rows_per_s"),
+        batching,
+        soak,
+    ]
     for check in checks:
         with contextlib.suppress(KeyError):
             check()
@@ -734,11 +887,17 @@ def targets(result: dict) -> list[dict]:
 
 
 COLUMNS = [  # header, key, format
-    ("req/s", "req_per_s", "{:,.0f}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p99 ms", "p99_ms", "{:.2f}"),
-    ("max ms", "max_ms", "{:.1f}"), ("server CPU ms/req", "server_cpu_ms_per_req", "{:.3f}"),
-    ("server cores busy", "server_cores_busy", "{:.2f}"), ("wrk CPU µs/req", "wrk_cpu_us_per_req", "{:.1f}"),
-    ("wrk cores busy", "wrk_cores_busy", "{:.2f}"), ("other processes' cores", "others_cores_busy", "{:.2f}"),
-    ("server RSS MB", "server_rss_mb", "{:.0f}"), ("connections per worker", "connections_per_worker", "{}"),
+    ("req/s", "req_per_s", "{:,.0f}"),
+    ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p99 ms", "p99_ms", "{:.2f}"),
+    ("max ms", "max_ms", "{:.1f}"),
+    ("server CPU ms/req", "server_cpu_ms_per_req", "{:.3f}"),
+    ("server cores busy", "server_cores_busy", "{:.2f}"),
+    ("wrk CPU µs/req", "wrk_cpu_us_per_req", "{:.1f}"),
+    ("wrk cores busy", "wrk_cores_busy", "{:.2f}"),
+    ("other processes' cores", "others_cores_busy", "{:.2f}"),
+    ("server RSS MB", "server_rss_mb", "{:.0f}"),
+    ("connections per worker", "connections_per_worker", "{}"),
     ("failed", "error_count", "{:d}"),
 ]
 
@@ -762,17 +921,39 @@ def cell_text(value: Any, fmt: str) -> str:
 def cells_table(cells: list[dict], endpoint: str, label: Callable[[dict], str]) -> str:
     unit = "rows/s" if endpoint == "forecast" else "req/s"
     header = ["server", "c", *(h.replace("req/s", unit) for h, _, _ in COLUMNS)]
-    rows = [[label(c), str(c["concurrency"]), *(cell_text(c.get(k), f) for _, k, f in COLUMNS)]
-            for c in cells if c["endpoint"] == endpoint]
+    rows = [
+        [label(c), str(c["concurrency"]), *(cell_text(c.get(k), f) for _, k, f in COLUMNS)]
+        for c in cells
+        if c["endpoint"] == endpoint
+    ]
     return markdown_table(header, rows)
 
 
 def in_process_table(result: dict) -> str:
-    rows = [[f"/{r['endpoint']}", str(r["batch"]), str(r["threads"]), f"{r['items_per_s']:,.0f}",
-             f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['cpu_ms_per_item'] * 1000:.1f}"]
-            for r in result["in_process"]]
-    return markdown_table(["model of", "batch", "intra-op threads", "items/s", "p50 ms per call",
-                           "p99 ms per call", "CPU µs per item"], rows)
+    rows = [
+        [
+            f"/{r['endpoint']}",
+            str(r["batch"]),
+            str(r["threads"]),
+            f"{r['items_per_s']:,.0f}",
+            f"{r['p50_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['cpu_ms_per_item'] * 1000:.1f}",
+        ]
+        for r in result["in_process"]
+    ]
+    return markdown_table(
+        [
+            "model of",
+            "batch",
+            "intra-op threads",
+            "items/s",
+            "p50 ms per call",
+            "p99 ms per call",
+            "CPU µs per item",
+        ],
+        rows,
+    )
 
 
 def targets_table(result: dict) -> str:
@@ -863,8 +1044,9 @@ def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -
         f"uvicorn {v['uvicorn']}, fastapi {v['fastapi']}, uvloop {v['uvloop']}, httptools {v['httptools']}, "
         f"numpy {v['numpy']}, wrk {v['wrk']}",
         f"- Service at commit {result.get('revision', 'unknown')}; models from {result['store']}: "
-        + ", ".join(f"{x['name']}/{x['version']} (sha256 {x['sha256'][:12]}…)"
-                    for x in result["models"].values()),
+        + ", ".join(
+            f"{x['name']}/{x['version']} (sha256 {x['sha256'][:12]}…)" for x in result["models"].values()
+        ),
         "",
         "## What was measured",
         "",
@@ -891,9 +1073,13 @@ def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -
         "",
         "- **service (defaults)**: `bentoml serve` of this repository with no `MODELSERVE_*` settings"
         + (" beyond `" + env_text(env) + "`" if env else "")
-        + (". As the service resolved them: "
-           + ", ".join(f"`{k}={'auto' if v is None else v}`" for k, v in settings.items()) + "."
-           if settings else "."),
+        + (
+            ". As the service resolved them: "
+            + ", ".join(f"`{k}={'auto' if v is None else v}`" for k, v in settings.items())
+            + "."
+            if settings
+            else "."
+        ),
         "- **service, batching off**: the same with `MODELSERVE_BATCHING=false` (one ONNX Runtime call per"
         " request).",
         f"- **bare FastAPI baseline** (bench/baseline_app.py): FastAPI on uvicorn with uvloop and httptools,"
@@ -933,7 +1119,8 @@ def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -
             f" {cell_text(s.get('connections_per_worker'), '')}; server RSS"
             f" {s['rss_after_warmup_mb']:.1f} MB after warm-up, {s['rss_after_mb']:.1f} MB after the run"
             f" ({(s['rss_ratio'] - 1) * 100:+.1f}%). RSS every 5 s (MB): "
-            + ", ".join(f"{mb:.1f}" for _, mb in s["rss_samples_mb"]) + ".",
+            + ", ".join(f"{mb:.1f}" for _, mb in s["rss_samples_mb"])
+            + ".",
             "",
         ]
     if alt:
@@ -1009,35 +1196,76 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, default=ROOT / "model_store",
-                        help="model store to serve (default: model_store/)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=ROOT / "model_store",
+        help="model store to serve (default: model_store/)",
+    )
     parser.add_argument("--quick", action="store_true", help="a short smoke run: 2 s cells, 5 s soak")
     parser.add_argument("--duration", type=int, help="seconds per cell (default 10; 2 with --quick)")
-    parser.add_argument("--soak-duration", type=int,
-                        help="seconds of the stall/leak run (default 60; 5 with --quick; 0 skips it)")
+    parser.add_argument(
+        "--soak-duration",
+        type=int,
+        help="seconds of the stall/leak run (default 60; 5 with --quick; 0 skips it)",
+    )
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--baseline-threads", type=int, default=1, help="intra-op threads of the baseline")
-    parser.add_argument("--in-process-threads", type=int, default=1,
-                        help="intra-op threads of the in-process sessions (default 1, as a service worker's)")
-    parser.add_argument("--env", action="append", default=[], metavar="MODELSERVE_X=V",
-                        help="a service setting for every service server (repeatable)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="first run the service under each setting of SWEEP (bench/results/sweep.json)")
+    parser.add_argument(
+        "--in-process-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of the in-process sessions (default 1, as a service worker's)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="MODELSERVE_X=V",
+        help="a service setting for every service server (repeatable)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="first run the service under each setting of SWEEP (bench/results/sweep.json)",
+    )
     parser.add_argument("--sweep-only", action="store_true", help="the sweep alone; docs are not rewritten")
     parser.add_argument("--variants", nargs="*", help="sweep only these labels")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite docs and plot from bench/results/latest.json without running")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite docs and plot from bench/results/latest.json without running",
+    )
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md and the plot alone")
-    parser.add_argument("--out", type=Path, help="raw results (JSON; default bench/results/latest.json, or"
-                        " bench/results/with-env.json with --env)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["in_process", *SERVERS, "soak"],
-                        help="parts of the run to leave out (targets that need them are dropped)")
-    parser.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
-                        help="before each cell, wait up to this long for other processes to go idle")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="measure each cell N times (fresh connections each time) and keep the medians")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="raw results (JSON; default bench/results/latest.json, or"
+        " bench/results/with-env.json with --env)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["in_process", *SERVERS, "soak"],
+        help="parts of the run to leave out (targets that need them are dropped)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each cell, wait up to this long for other processes to go idle",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each cell N times (fresh connections each time) and keep the medians",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the request bodies")
     args = parser.parse_args()
     args.env = parse_env(args.env)

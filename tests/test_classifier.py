@@ -94,8 +94,7 @@ def test_random_shift_moves_images_by_at_most_one_pixel() -> None:
     assert not torch.equal(shifted, x)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     for image, original in zip(shifted, padded, strict=True):
-        windows = [original[:, 1 + dy:9 + dy, 1 + dx:9 + dx]
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        windows = [original[:, 1 + dy : 9 + dy, 1 + dx : 9 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         assert any(torch.equal(image, w) for w in windows)
 
 
@@ -158,11 +157,9 @@ def test_dry_run_learns_and_publishes(dry_run_store: Path) -> None:
 
 
 @pytest.mark.slow
-def test_same_seed_same_metrics_and_onnx_matches_pytorch(dry_run_store: Path,
-                                                         tmp_path: Path) -> None:
+def test_same_seed_same_metrics_and_onnx_matches_pytorch(dry_run_store: Path, tmp_path: Path) -> None:
     manifest, path = load_verified(dry_run_store, "classifier")
-    trained = train(TrainOptions(seed=0, epochs=None, dry_run=True, store=tmp_path,
-                                 workdir=tmp_path))
+    trained = train(TrainOptions(seed=0, epochs=None, dry_run=True, store=tmp_path, workdir=tmp_path))
     published = {k: v for k, v in manifest.metrics.items() if k != "onnx_parity_max_abs_diff"}
     assert trained.metrics == published
 

@@ -120,10 +120,16 @@ def test_baseline_is_last_year_plus_last_years_change():
 
 def test_onnx_export_parity_and_padding(model, series, tmp_path):
     trained = TrainedModel(
-        name="forecaster", task="time-series-forecasting", module=model,
-        input_names=["history", "lengths"], output_names=["forecast"],
+        name="forecaster",
+        task="time-series-forecasting",
+        module=model,
+        input_names=["history", "lengths"],
+        output_names=["forecast"],
         example_inputs=make_example_inputs(series, model.config, seed=0),
-        dynamic_shapes=dynamic_shapes(), metrics={}, training={"seed": 0}, dataset={},
+        dynamic_shapes=dynamic_shapes(),
+        metrics={},
+        training={"seed": 0},
+        dataset={},
     )
     path = tmp_path / "model.onnx"
     export_onnx(trained, path)
@@ -148,7 +154,9 @@ def test_committed_manifest(committed):
     assert manifest.task == "time-series-forecasting"
     assert manifest.labels is None
     assert [(t.name, t.datatype, t.shape) for t in manifest.inputs] == [
-        ("history", "FP32", (-1, -1)), ("lengths", "INT64", (-1,))]
+        ("history", "FP32", (-1, -1)),
+        ("lengths", "INT64", (-1,)),
+    ]
     assert [(t.name, t.datatype, t.shape) for t in manifest.outputs] == [("forecast", "FP32", (-1, H))]
     serving = manifest.serving
     assert serving["units"] == "ppm" and serving["padding"] == "right"
@@ -180,8 +188,11 @@ def test_committed_onnx_reproduces_held_out_metrics(committed, series):
     assert len(ends) == manifest.metrics["test_origins"]
     truth = np.stack([y[e : e + H] for e in ends])
     base = np.stack([seasonal_naive_drift(y, e, H) for e in ends])
-    for cap, key in [(manifest.serving["max_length"], "test_mae"), (300, "test_mae_history_300"),
-                     (500, "test_mae_history_500")]:
+    for cap, key in [
+        (manifest.serving["max_length"], "test_mae"),
+        (300, "test_mae_history_300"),
+        (500, "test_mae_history_500"),
+    ]:
         pred = run_onnx(session, *pad_rows([y[max(0, e - cap) : e] for e in ends]))
         assert abs(np.abs(pred - truth).mean() - manifest.metrics[key]) < 1e-3, key
         assert np.abs(pred - truth).mean() <= 0.9 * np.abs(base - truth).mean(), key

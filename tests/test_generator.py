@@ -88,8 +88,7 @@ def test_discriminator_depends_on_the_label() -> None:
         (torch.randn(3, 32), torch.zeros(3, 1, dtype=torch.int64), "expected int64 labels"),
     ],
 )
-def test_generator_rejects_wrong_inputs(latent: torch.Tensor, labels: torch.Tensor,
-                                        message: str) -> None:
+def test_generator_rejects_wrong_inputs(latent: torch.Tensor, labels: torch.Tensor, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         ConditionalGenerator(GANConfig())(latent, labels)
 
@@ -140,8 +139,7 @@ def test_committed_generator_manifest() -> None:
     assert manifest.task == "conditional-image-generation"
     assert manifest.labels == [str(d) for d in range(10)]
     latent_dim = manifest.serving["latent_dim"]
-    assert manifest.serving == {"latent_dim": latent_dim, "num_classes": 10,
-                                "value_range": [0, 16]}
+    assert manifest.serving == {"latent_dim": latent_dim, "num_classes": 10, "value_range": [0, 16]}
     assert manifest.input("latent").datatype == "FP32"
     assert manifest.input("latent").shape == (-1, latent_dim)
     assert manifest.input("labels").datatype == "INT64"
@@ -167,9 +165,7 @@ def test_committed_classifier_recognises_committed_generator_samples() -> None:
     generator_manifest, generator_path = load_verified(REPO_STORE, "generator")
     judge = ClassifierJudge(*load_verified(REPO_STORE, "classifier"))
     latent, labels = evaluation_inputs(GANTrainConfig(), GANConfig())
-    (images,) = session(generator_path).run(
-        ["images"], {"latent": latent.numpy(), "labels": labels.numpy()}
-    )
+    (images,) = session(generator_path).run(["images"], {"latent": latent.numpy(), "labels": labels.numpy()})
     predicted = judge.predict(torch.from_numpy(images))
     accuracy = (predicted == labels).float().mean().item()
     assert accuracy >= 0.9
@@ -183,8 +179,9 @@ def test_committed_classifier_recognises_committed_generator_samples() -> None:
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainedModel, Path]:
     """A dry-run generator judged by a classifier in its own store, then exported there."""
     store = store_with_committed_classifier(tmp_path_factory.mktemp("store"))
-    trained = train(TrainOptions(seed=0, epochs=None, dry_run=True, store=store,
-                                 workdir=tmp_path_factory.mktemp("work")))
+    trained = train(
+        TrainOptions(seed=0, epochs=None, dry_run=True, store=store, workdir=tmp_path_factory.mktemp("work"))
+    )
     export_and_publish(trained, store)
     return trained, store
 
@@ -223,14 +220,12 @@ def test_dry_run_publishes_a_matching_onnx_model(dry_run: tuple[TrainedModel, Pa
     latent, labels = evaluation_inputs(GANTrainConfig(), GANConfig())
     with torch.no_grad():
         expected = trained.module(latent, labels).numpy()
-    (actual,) = session(path).run(["images"], {"latent": latent.numpy(),
-                                               "labels": labels.numpy()})
+    (actual,) = session(path).run(["images"], {"latent": latent.numpy(), "labels": labels.numpy()})
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
 @pytest.mark.slow
 def test_same_seed_same_metrics(dry_run: tuple[TrainedModel, Path], tmp_path: Path) -> None:
     trained, store = dry_run
-    again = train(TrainOptions(seed=0, epochs=None, dry_run=True, store=store,
-                               workdir=tmp_path))
+    again = train(TrainOptions(seed=0, epochs=None, dry_run=True, store=store, workdir=tmp_path))
     assert again.metrics == trained.metrics

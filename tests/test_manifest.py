@@ -106,8 +106,7 @@ def test_versions_count_up_and_latest_wins(tmp_path: Path, model_file: Path) -> 
     assert load_verified(store, "classifier", version=2)[0].version == 2
 
 
-def test_next_version_follows_the_highest_and_ignores_junk(tmp_path: Path,
-                                                          model_file: Path) -> None:
+def test_next_version_follows_the_highest_and_ignores_junk(tmp_path: Path, model_file: Path) -> None:
     store = tmp_path / "store"
     publish(store, manifest_fields(), model_file)
     # a gap, a half-written folder without a manifest, a staging folder and a stray file

@@ -47,9 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("model", choices=[*TRAINERS, "all"])
     train.add_argument("--epochs", type=int, default=None, help="override the trainer's default")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument(
-        "--out", type=Path, default=Path("model_store"), help="model store to publish to"
-    )
+    train.add_argument("--out", type=Path, default=Path("model_store"), help="model store to publish to")
     train.add_argument("--dry-run", action="store_true", help="a quick smoke run (CI)")
     return parser
 

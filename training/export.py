@@ -122,15 +122,13 @@ def check_parity(model: TrainedModel, path: Path) -> float:
         for name, want, got in zip(model.output_names, expected, actual, strict=True):
             if got.shape != tuple(want.shape):
                 raise ParityError(
-                    f"{model.name}.{name} at batch {batch}: "
-                    f"shape {got.shape} != {tuple(want.shape)}"
+                    f"{model.name}.{name} at batch {batch}: shape {got.shape} != {tuple(want.shape)}"
                 )
             diff = float(np.max(np.abs(got.astype(np.float64) - want.numpy().astype(np.float64))))
             worst = max(worst, diff)
             if diff > PARITY_ATOL:
                 raise ParityError(
-                    f"{model.name}.{name} at batch {batch}: "
-                    f"max abs diff {diff:.2e} > {PARITY_ATOL}"
+                    f"{model.name}.{name} at batch {batch}: max abs diff {diff:.2e} > {PARITY_ATOL}"
                 )
     return worst
 

@@ -62,11 +62,18 @@ def load_split(
     digits = load_digits()
     images = digits.images.astype(np.float32)[:, None]  # (N, 1, 8, 8)
     x_train, x_test, y_train, y_test = train_test_split(
-        images, digits.target, test_size=test_fraction, stratify=digits.target,
+        images,
+        digits.target,
+        test_size=test_fraction,
+        stratify=digits.target,
         random_state=split_seed,
     )
-    return (torch.from_numpy(x_train), torch.from_numpy(y_train).long(),
-            torch.from_numpy(x_test), torch.from_numpy(y_test).long())
+    return (
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train).long(),
+        torch.from_numpy(x_test),
+        torch.from_numpy(y_test).long(),
+    )
 
 
 def random_shift(images: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -83,16 +90,22 @@ def random_shift(images: torch.Tensor, prob: float, generator: torch.Generator) 
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             mask = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
-            out[mask] = padded[mask, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            out[mask] = padded[mask, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
     return out
 
 
 # --- train / test --------------------------------------------------------------------------
 
 
-def train_epoch(model: DigitClassifier, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, x: torch.Tensor,
-                y: torch.Tensor, cfg: ClassifierTrainConfig, generator: torch.Generator) -> float:
+def train_epoch(
+    model: DigitClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ClassifierTrainConfig,
+    generator: torch.Generator,
+) -> float:
     """One pass over (x, y) in shuffled batches; returns the mean training loss."""
     model.train()
     order = torch.randperm(len(x), generator=generator)
@@ -138,8 +151,7 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
         for j in range(matrix.shape[1]):
             if matrix[i, j]:
                 color = "white" if matrix[i, j] > threshold else "black"
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color=color)
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted digit")
@@ -173,8 +185,12 @@ def fit(options: TrainOptions, cfg: ClassifierTrainConfig) -> TrainedModel:
     x_train, y_train, x_test, y_test = load_split(cfg.test_fraction, cfg.split_seed)
     model_cfg = ClassifierConfig()
     model = DigitClassifier(model_cfg)
-    log.info("classifier: %d parameters, %d train / %d test images",
-             model.num_parameters(), len(x_train), len(x_test))
+    log.info(
+        "classifier: %d parameters, %d train / %d test images",
+        model.num_parameters(),
+        len(x_train),
+        len(x_test),
+    )
 
     steps_per_epoch = len(x_train.split(cfg.batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -210,15 +226,28 @@ def fit(options: TrainOptions, cfg: ClassifierTrainConfig) -> TrainedModel:
         "n_test": len(x_test),
         "n_parameters": model.num_parameters(),
     }
-    log.info("classifier: test accuracy %.4f (%d errors of %d), loss %.4f, %.1f s",
-             result["accuracy"], metrics["test_errors"], len(y_test), result["loss"], seconds)
+    log.info(
+        "classifier: test accuracy %.4f (%d errors of %d), loss %.4f, %.1f s",
+        result["accuracy"],
+        metrics["test_errors"],
+        len(y_test),
+        result["loss"],
+        seconds,
+    )
 
     workdir = Path(options.workdir)
     artifacts = [
-        plot_curves(history, workdir / "classifier_training_curves.png",
-                    "digit classifier: loss and held-out accuracy"),
-        plot_confusion(matrix, LABELS, workdir / "classifier_confusion_matrix.png",
-                       f"held-out confusion matrix (accuracy {result['accuracy']:.3f})"),
+        plot_curves(
+            history,
+            workdir / "classifier_training_curves.png",
+            "digit classifier: loss and held-out accuracy",
+        ),
+        plot_confusion(
+            matrix,
+            LABELS,
+            workdir / "classifier_confusion_matrix.png",
+            f"held-out confusion matrix (accuracy {result['accuracy']:.3f})",
+        ),
     ]
 
     serving_module = DigitClassifierForServing(model).eval()

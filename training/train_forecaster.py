@@ -86,8 +86,9 @@ def pad_rows(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(history), torch.from_numpy(lengths)
 
 
-def sample_batch(y: np.ndarray, train_end: int, horizon: int, tc: TrainConfig,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_batch(
+    y: np.ndarray, train_end: int, horizon: int, tc: TrainConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random windows whose targets end before ``train_end``: history, lengths, target (B, H).
 
     The batch's longest length is drawn first, then each row's length below it, so batches
@@ -118,8 +119,7 @@ def seasonal_naive_drift(y: np.ndarray, end: int, horizon: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def forecast(model: Forecaster, y: np.ndarray, ends: list[int], max_len: int,
-             batch: int = 64) -> np.ndarray:
+def forecast(model: Forecaster, y: np.ndarray, ends: list[int], max_len: int, batch: int = 64) -> np.ndarray:
     """Model forecasts (len(ends), H) from each end's history, capped to max_len points."""
     model.eval()
     out = []
@@ -129,8 +129,9 @@ def forecast(model: Forecaster, y: np.ndarray, ends: list[int], max_len: int,
     return np.concatenate(out)
 
 
-def evaluate(model: Forecaster, y: np.ndarray, start: int, stop: int, max_len: int,
-             batch: int = 64) -> dict[str, Any]:
+def evaluate(
+    model: Forecaster, y: np.ndarray, start: int, stop: int, max_len: int, batch: int = 64
+) -> dict[str, Any]:
     """Rolling-origin MAE of the model and of the baseline on targets inside [start, stop)."""
     H = model.config.horizon
     ends = origins(start, stop, H)
@@ -138,8 +139,13 @@ def evaluate(model: Forecaster, y: np.ndarray, start: int, stop: int, max_len: i
     pred = forecast(model, y, ends, max_len, batch)
     base = np.stack([seasonal_naive_drift(y, e, H) for e in ends])
     mae, base_mae = float(np.abs(pred - truth).mean()), float(np.abs(base - truth).mean())
-    return {"mae": mae, "baseline_mae": base_mae, "origins": len(ends),
-            "mae_by_step": np.abs(pred - truth).mean(0), "base_by_step": np.abs(base - truth).mean(0)}
+    return {
+        "mae": mae,
+        "baseline_mae": base_mae,
+        "origins": len(ends),
+        "mae_by_step": np.abs(pred - truth).mean(0),
+        "base_by_step": np.abs(base - truth).mean(0),
+    }
 
 
 # --- training ------------------------------------------------------------------------------
@@ -152,8 +158,14 @@ def lr_at(step: int, total: int, tc: TrainConfig) -> float:
     return tc.lr * (tc.final_lr_frac + (1 - tc.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_step(model: Forecaster, opt: torch.optim.Optimizer, history: torch.Tensor,
-               lengths: torch.Tensor, target: torch.Tensor, grad_clip: float) -> float:
+def train_step(
+    model: Forecaster,
+    opt: torch.optim.Optimizer,
+    history: torch.Tensor,
+    lengths: torch.Tensor,
+    target: torch.Tensor,
+    grad_clip: float,
+) -> float:
     """One optimiser step on the batch's MAE (ppm); returns the loss before the step."""
     model.train()
     loss = (model(history, lengths) - target).abs().mean()
@@ -172,8 +184,9 @@ def probe_loss(model: Forecaster, batch: tuple[torch.Tensor, ...]) -> float:
     return (model(history, lengths) - target).abs().mean().item()
 
 
-def fit(model: Forecaster, y: np.ndarray, tc: TrainConfig, rng: np.random.Generator,
-        max_len: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+def fit(
+    model: Forecaster, y: np.ndarray, tc: TrainConfig, rng: np.random.Generator, max_len: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Train on y[:val_start] and keep the epoch with the lowest validation MAE.
 
     Returns the per-epoch curves and a summary: the loss on a fixed probe batch of training
@@ -204,8 +217,7 @@ def fit(model: Forecaster, y: np.ndarray, tc: TrainConfig, rng: np.random.Genera
         if val["mae"] < best:
             best, best_state, best_epoch = val["mae"], copy.deepcopy(model.state_dict()), epoch + 1
     bar.close()
-    summary = {"probe_start": probe_start, "probe_end": probe_loss(model, probe),
-               "best_epoch": best_epoch}
+    summary = {"probe_start": probe_start, "probe_end": probe_loss(model, probe), "best_epoch": best_epoch}
     model.load_state_dict(best_state)
     return curves, summary
 
@@ -213,8 +225,9 @@ def fit(model: Forecaster, y: np.ndarray, tc: TrainConfig, rng: np.random.Genera
 # --- plots ---------------------------------------------------------------------------------
 
 
-def plot_forecasts(model: Forecaster, dates: np.ndarray, y: np.ndarray, test_start: int,
-                   max_len: int, path: Path) -> Path:
+def plot_forecasts(
+    model: Forecaster, dates: np.ndarray, y: np.ndarray, test_start: int, max_len: int, path: Path
+) -> Path:
     """Truth over the held-out weeks, with model and baseline forecasts from a few origins."""
     import matplotlib.pyplot as plt  # training.common already chose the Agg backend
 
@@ -233,8 +246,14 @@ def plot_forecasts(model: Forecaster, dates: np.ndarray, y: np.ndarray, test_sta
         color = f"C{i}"
         steps = dates[e : e + H]
         ax.plot(steps, p, color=color, lw=1.8, label="forecaster" if i == 0 else None)
-        ax.plot(steps, seasonal_naive_drift(y, e, H), color=color, lw=1, ls="--",
-                label="seasonal naive + drift" if i == 0 else None)
+        ax.plot(
+            steps,
+            seasonal_naive_drift(y, e, H),
+            color=color,
+            lw=1,
+            ls="--",
+            label="seasonal naive + drift" if i == 0 else None,
+        )
         ax.plot(dates[e - 1], y[e - 1], "o", color=color, ms=4)
     ax.set_ylabel("CO2 (ppm)")
     ax.set_title(f"Forecasts from {len(picks)} origins in the held-out {len(y) - test_start} weeks")
@@ -314,9 +333,13 @@ def train(options: TrainOptions) -> TrainedModel:
     dates, y, missing = load_series()
     val_start, test_start = split_points(len(y), tc)
     model = Forecaster(cfg)
-    log.info("forecaster: %d parameters, %d train / %d val / %d test weeks",
-             sum(p.numel() for p in model.parameters()), val_start, test_start - val_start,
-             len(y) - test_start)
+    log.info(
+        "forecaster: %d parameters, %d train / %d val / %d test weeks",
+        sum(p.numel() for p in model.parameters()),
+        val_start,
+        test_start - val_start,
+        len(y) - test_start,
+    )
     curves, summary = fit(model, y, tc, rng, cfg.max_length)
 
     test = evaluate(model, y, test_start, len(y), cfg.max_length, tc.eval_batch)
@@ -339,14 +362,14 @@ def train(options: TrainOptions) -> TrainedModel:
     }
     for length in (cfg.min_length, 300, 500, 2000):  # same origins and targets, other caps
         metrics[f"test_mae_history_{length}"] = round(
-            evaluate(model, y, test_start, len(y), length, tc.eval_batch)["mae"], 4)
+            evaluate(model, y, test_start, len(y), length, tc.eval_batch)["mae"], 4
+        )
     log.info("forecaster: %s", metrics)
 
     workdir = Path(options.workdir)
     artifacts = [
         plot_curves(curves, workdir / "forecaster_curves.png", "forecaster training"),
-        plot_forecasts(model, dates, y, test_start, cfg.max_length,
-                       workdir / "forecaster_forecasts.png"),
+        plot_forecasts(model, dates, y, test_start, cfg.max_length, workdir / "forecaster_forecasts.png"),
     ]
     model.eval()
     return TrainedModel(
@@ -358,8 +381,14 @@ def train(options: TrainOptions) -> TrainedModel:
         example_inputs=make_example_inputs(y, cfg, options.seed),
         dynamic_shapes=dynamic_shapes(),
         metrics=metrics,
-        training={**asdict(tc), "model": asdict(cfg), "seed": options.seed,
-                  "dry_run": options.dry_run, "optimizer": "AdamW", "loss": "MAE (ppm)"},
+        training={
+            **asdict(tc),
+            "model": asdict(cfg),
+            "seed": options.seed,
+            "dry_run": options.dry_run,
+            "optimizer": "AdamW",
+            "loss": "MAE (ppm)",
+        },
         dataset={
             "name": "Mauna Loa weekly atmospheric CO2 (statsmodels.datasets.co2)",
             "units": "ppm",
@@ -371,11 +400,11 @@ def train(options: TrainOptions) -> TrainedModel:
             "interpolation": "linear in time (pandas interpolate, method='time')",
             "split": {
                 "train": f"weeks 0-{val_start - 1} ({dates[0]} to {dates[val_start - 1]}): "
-                         "random windows, targets inside this part",
+                "random windows, targets inside this part",
                 "validation": f"weeks {val_start}-{test_start - 1} ({dates[val_start]} to "
-                              f"{dates[test_start - 1]}): epoch selection only",
+                f"{dates[test_start - 1]}): epoch selection only",
                 "test": f"weeks {test_start}-{len(y) - 1} ({dates[test_start]} to {dates[-1]}): "
-                        "held out, rolling origins, reported metrics only",
+                "held out, rolling origins, reported metrics only",
             },
         },
         labels=None,

@@ -89,8 +89,9 @@ class ClassifierJudge:
         self.manifest = manifest
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), session_options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(model_path), session_options, providers=["CPUExecutionProvider"]
+        )
         self.input_name = manifest.inputs[0].name
         self.output_name = manifest.outputs[0].name
 
@@ -102,8 +103,7 @@ class ClassifierJudge:
         return torch.from_numpy(probabilities.argmax(axis=1))
 
 
-def intra_class_distance(images: torch.Tensor, labels: torch.Tensor,
-                         n_classes: int) -> list[float]:
+def intra_class_distance(images: torch.Tensor, labels: torch.Tensor, n_classes: int) -> list[float]:
     """Per class: the mean L2 distance between all pairs of its images (flattened, 0..16)."""
     flat = images.flatten(1).double()  # (N, 64)
     return [torch.pdist(flat[labels == c]).mean().item() for c in range(n_classes)]
@@ -112,9 +112,16 @@ def intra_class_distance(images: torch.Tensor, labels: torch.Tensor,
 # --- train / evaluate ----------------------------------------------------------------------
 
 
-def train_epoch(generator: ConditionalGenerator, discriminator: ProjectionDiscriminator,
-                opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, cfg: GANTrainConfig, rng: torch.Generator) -> dict[str, float]:
+def train_epoch(
+    generator: ConditionalGenerator,
+    discriminator: ProjectionDiscriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: GANTrainConfig,
+    rng: torch.Generator,
+) -> dict[str, float]:
     """One pass over the real data (x in [-1, 1]); returns mean losses and D outputs."""
     generator.train()
     discriminator.train()
@@ -132,11 +139,9 @@ def train_epoch(generator: ConditionalGenerator, discriminator: ProjectionDiscri
         # discriminator: real -> real_target, fake -> 0
         logits_real = discriminator(real, labels)  # (B,)
         logits_fake = discriminator(fake.detach(), fake_labels)  # (B,)
-        d_loss = (
-            F.binary_cross_entropy_with_logits(logits_real, torch.full_like(logits_real,
-                                                                            cfg.real_target))
-            + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
-        )
+        d_loss = F.binary_cross_entropy_with_logits(
+            logits_real, torch.full_like(logits_real, cfg.real_target)
+        ) + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -157,8 +162,7 @@ def train_epoch(generator: ConditionalGenerator, discriminator: ProjectionDiscri
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(generator: ConditionalGenerator, cfg: GANTrainConfig,
-                          rng: torch.Generator) -> None:
+def recalibrate_batchnorm(generator: ConditionalGenerator, cfg: GANTrainConfig, rng: torch.Generator) -> None:
     """Re-estimate the generator's BN running statistics for its final weights.
 
     During training the running averages trail weights that keep moving; averaging the batch
@@ -188,8 +192,9 @@ def evaluation_inputs(cfg: GANTrainConfig, gan: GANConfig) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(serving: GeneratorForServing, judge: ClassifierJudge, latent: torch.Tensor,
-             labels: torch.Tensor) -> dict[str, Any]:
+def evaluate(
+    serving: GeneratorForServing, judge: ClassifierJudge, latent: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
     """Generate (in eval mode, as exported) and let the classifier judge the labels."""
     serving.eval()
     images = serving(latent, labels)  # (N, 1, 8, 8) in 0..16
@@ -205,20 +210,20 @@ def plot_samples(generated: torch.Tensor, real: torch.Tensor, path: Path, title:
 
     ``generated`` and ``real`` are (10, 10, 8, 8) in 0..16: [digit, sample, row, column].
     """
+
     def mosaic(images: torch.Tensor) -> np.ndarray:
         rows, cols, h, w = images.shape
         canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
         for r in range(rows):
             for c in range(cols):
-                canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[r, c]
+                canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[r, c]
         return canvas
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.9))
     cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
     for ax, images, name in ((axes[0], generated, "generated"), (axes[1], real, "real")):
         ax.imshow(mosaic(images), cmap=cmap, vmin=0, vmax=16, interpolation="nearest")
-        ax.set_yticks([r * 9 + 3.5 for r in range(images.shape[0])],
-                      [str(r) for r in range(images.shape[0])])
+        ax.set_yticks([r * 9 + 3.5 for r in range(images.shape[0])], [str(r) for r in range(images.shape[0])])
         ax.set_xticks([])
         ax.set_ylabel("digit")
         ax.set_title(name)
@@ -256,24 +261,36 @@ def fit(options: TrainOptions, cfg: GANTrainConfig) -> TrainedModel:
     serving = GeneratorForServing(generator)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
-    log.info("generator: %d parameters, discriminator: %d, %d real images; judged by classifier "
-             "v%d", num_parameters(generator), num_parameters(discriminator), len(x),
-             judge.manifest.version)
+    log.info(
+        "generator: %d parameters, discriminator: %d, %d real images; judged by classifier v%d",
+        num_parameters(generator),
+        num_parameters(discriminator),
+        len(x),
+        judge.manifest.version,
+    )
 
     eval_latent, eval_labels = evaluation_inputs(cfg, gan)
-    history: dict[str, list[float]] = {"D loss": [], "G loss": [], "D(real)": [], "D(fake)": [],
-                                       "label accuracy": []}
+    history: dict[str, list[float]] = {
+        "D loss": [],
+        "G loss": [],
+        "D(real)": [],
+        "D(fake)": [],
+        "label accuracy": [],
+    }
     started = time.perf_counter()
     progress = tqdm(range(cfg.epochs), desc="generator", unit="epoch")
     for _ in progress:
         stats = train_epoch(generator, discriminator, opt_g, opt_d, x, real_labels, cfg, rng)
         accuracy = evaluate(serving, judge, eval_latent, eval_labels)["label_accuracy"]
-        for key, name in (("d_loss", "D loss"), ("g_loss", "G loss"), ("d_real", "D(real)"),
-                          ("d_fake", "D(fake)")):
+        for key, name in (
+            ("d_loss", "D loss"),
+            ("g_loss", "G loss"),
+            ("d_real", "D(real)"),
+            ("d_fake", "D(fake)"),
+        ):
             history[name].append(stats[key])
         history["label accuracy"].append(accuracy)
-        progress.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}",
-                             acc=f"{accuracy:.3f}")
+        progress.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}", acc=f"{accuracy:.3f}")
     recalibrate_batchnorm(generator, cfg, rng)
     seconds = time.perf_counter() - started
 
@@ -299,21 +316,34 @@ def fit(options: TrainOptions, cfg: GANTrainConfig) -> TrainedModel:
         "n_generated": len(eval_labels),
         "n_real": len(real_images),
         "judge": f"classifier v{judge.manifest.version} "
-                 f"(test_accuracy {judge.manifest.metrics.get('test_accuracy')})",
+        f"(test_accuracy {judge.manifest.metrics.get('test_accuracy')})",
     }
-    log.info("generator: label accuracy %.4f, intra-class distance %.2f generated vs %.2f real, "
-             "%.1f s", result["label_accuracy"], mean_gen, mean_real, seconds)
+    log.info(
+        "generator: label accuracy %.4f, intra-class distance %.2f generated vs %.2f real, %.1f s",
+        result["label_accuracy"],
+        mean_gen,
+        mean_real,
+        seconds,
+    )
 
     workdir = Path(options.workdir)
     per_row = min(10, cfg.samples_per_class)
     grid = generated.view(gan.n_classes, cfg.samples_per_class, 8, 8)[:, :per_row]
-    real_grid = torch.stack([real_images[real_labels == c][:per_row, 0]
-                             for c in range(gan.n_classes)])  # (10, per_row, 8, 8)
+    real_grid = torch.stack(
+        [real_images[real_labels == c][:per_row, 0] for c in range(gan.n_classes)]
+    )  # (10, per_row, 8, 8)
     artifacts = [
-        plot_curves(history, workdir / "generator_training_curves.png",
-                    "conditional GAN: losses, D outputs, classifier label accuracy"),
-        plot_samples(grid, real_grid, workdir / "generator_samples.png",
-                     f"conditional GAN samples (label accuracy {result['label_accuracy']:.3f})"),
+        plot_curves(
+            history,
+            workdir / "generator_training_curves.png",
+            "conditional GAN: losses, D outputs, classifier label accuracy",
+        ),
+        plot_samples(
+            grid,
+            real_grid,
+            workdir / "generator_samples.png",
+            f"conditional GAN samples (label accuracy {result['label_accuracy']:.3f})",
+        ),
     ]
 
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
@@ -341,12 +371,11 @@ def fit(options: TrainOptions, cfg: GANTrainConfig) -> TrainedModel:
             "name": "sklearn.datasets.load_digits",
             "n_samples": len(real_images),
             "split": "none: the GAN trains on all images; it is judged by the classifier on "
-                     "generated samples",
+            "generated samples",
             "scaling": "pixels 0..16 mapped to [-1, 1] for training",
         },
         labels=LABELS,
-        serving={"latent_dim": gan.latent_dim, "num_classes": gan.n_classes,
-                 "value_range": [0, 16]},
+        serving={"latent_dim": gan.latent_dim, "num_classes": gan.n_classes, "value_range": [0, 16]},
         artifacts=artifacts,
     )
 

@@ -84,14 +84,10 @@ class DigitClassifier(nn.Module):
         assert config.image_size % 2 == 0, f"image_size must be even, got {config.image_size}"
         self.config = config
         c = config.n_channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
         self.blocks_hi = nn.Sequential(*[SeparableResidualBlock(c) for _ in range(config.n_blocks)])
         self.down = Downsample(c, 2 * c)
-        self.blocks_lo = nn.Sequential(
-            *[SeparableResidualBlock(2 * c) for _ in range(config.n_blocks)]
-        )
+        self.blocks_lo = nn.Sequential(*[SeparableResidualBlock(2 * c) for _ in range(config.n_blocks)])
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(2 * c, config.n_classes)
 
