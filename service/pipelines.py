@@ -168,6 +168,7 @@ class ForecasterPipeline(Pipeline):
 
     def decode(self, series: list[list[float]]) -> list[np.ndarray]:
         self.check_item_count(len(series), "series")
+        self.check_point_count(sum(map(len, series)), "series")
         rows = []
         for i, values in enumerate(series):
             if not self.min_length <= len(values) <= self.max_length:
@@ -183,6 +184,15 @@ class ForecasterPipeline(Pipeline):
                 )
             rows.append(row)
         return rows
+
+    def check_point_count(self, points: int, field: str) -> None:
+        limit = self.settings.max_series_points_per_request
+        if points > limit:
+            raise PayloadTooLarge(
+                f"{field}: {points} values over all rows is more than the limit of {limit} per "
+                "request (MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST): send fewer or shorter rows",
+                {"field": field, "limit": limit},
+            )
 
     def run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
         lengths = np.fromiter((len(row) for row in items), dtype=np.int64, count=len(items))
@@ -219,6 +229,7 @@ class ForecasterPipeline(Pipeline):
                     f"history[{i}] has a NaN or infinite value", {"tensor": "history", "index": i}
                 )
             rows.append(row)
+        self.check_point_count(sum(map(len, rows)), "history")
         return rows
 
     def tensors_from_results(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:

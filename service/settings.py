@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(1024, ge=1)
     # Longest forecaster history row accepted (0 = the model's recommended maximum).
     max_series_length: int = Field(0, ge=0)
+    # Most history values (all rows together) in one forecaster request (413 beyond it). The
+    # forecaster's work grows with rows x length, and a request must finish well inside
+    # http_timeout_s; see README.md for what the default costs.
+    max_series_points_per_request: int = Field(131_072, ge=1)
     # Largest decoded image for /classify_image, in pixels (guards against decompression bombs).
     max_image_pixels: int = Field(16_000_000, ge=64)
     # BentoML's own per-request timeout (seconds). It arms a timer per request that keeps the

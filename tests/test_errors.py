@@ -68,6 +68,14 @@ BAD_REQUESTS = [
         413,
         "limit",
     ),
+    (
+        "too many series values",
+        "POST",
+        "/forecast",
+        {"json": {"series": [[330.0] * 1040] * 127}},  # 132,080 values, over the 131,072 limit
+        413,
+        "MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST",
+    ),
     ("series too short", "POST", "/forecast", {"json": {"series": [[1.0, 2.0]]}}, 400, "series[0]"),
     ("series not numbers", "POST", "/forecast", {"json": {"series": [["x"] * 200]}}, 400, "series[0][0]"),
     (

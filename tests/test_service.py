@@ -192,6 +192,19 @@ def test_64_concurrent_requests_are_batched_and_each_answer_equals_its_single_an
     assert batches_of_one < batches, "no batch larger than one request was formed"
 
 
+def test_the_largest_forecast_request_the_limits_allow_is_answered(server):
+    # 126 rows of the longest history: 131,040 values, just under the per-request limit of
+    # 131,072. It must finish inside the framework's timeout, not end in a 504.
+    series = [co2_like(1040, phase=i) for i in range(126)]
+    with server.client() as http:
+        response = http.post("/forecast", json={"series": series}, timeout=30)
+        assert response.status_code == 200, response.text
+        alone = http.post("/forecast", json={"series": series[-1:]}).json()["forecasts"][0]
+    forecasts = response.json()["forecasts"]
+    assert len(forecasts) == 126
+    np.testing.assert_allclose(forecasts[-1], alone, atol=TOL)
+
+
 def test_a_request_larger_than_the_max_batch_size_is_answered_whole(server):
     images, _ = digit_images(300)
     with server.client() as http:

@@ -169,6 +169,17 @@ BAD_V2 = [
         400,
     ),
     (
+        "too many history values",
+        "/v2/models/forecaster/infer",
+        {
+            "inputs": [
+                {"name": "history", "shape": [127, 1040], "datatype": "FP32", "data": [330.0] * 132_080},
+                {"name": "lengths", "shape": [127], "datatype": "INT64", "data": [1040] * 127},
+            ]
+        },
+        413,
+    ),
+    (
         "latent of the wrong width",
         "/v2/models/generator/infer",
         {
