@@ -764,7 +764,7 @@ SWEEP = [  # label, environment; one setting changed from the defaults at a time
     ("MAX_WAIT_MS=1", {"MODELSERVE_BATCH__MAX_WAIT_MS": "1"}),
     ("BATCHING=false", {"MODELSERVE_BATCHING": "false"}),
     ("HTTP_TIMEOUT_S=5", {"MODELSERVE_HTTP_TIMEOUT_S": "5"}),
-    ("RECYCLE_CONNECTION_EVERY=0", {"MODELSERVE_RECYCLE_CONNECTION_EVERY": "0"}),
+    ("MAX_CONNECTION_AGE_S=0", {"MODELSERVE_MAX_CONNECTION_AGE_S": "0"}),
 ]
 
 

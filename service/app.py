@@ -197,6 +197,6 @@ def create_app() -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error_handler)
     settings = get_settings()
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    if settings.worker_count > 1 and settings.recycle_connection_every:
-        app.add_middleware(ConnectionRecycler, every=settings.recycle_connection_every)
+    if settings.worker_count > 1 and settings.max_connection_age_s:
+        app.add_middleware(ConnectionRecycler, max_age_s=settings.max_connection_age_s)
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge, json_response
@@ -42,30 +45,42 @@ class BodyLimit:
 
 
 class ConnectionRecycler:
-    """Every ``every``-th response of this worker carries ``Connection: close``.
+    """Closes each keep-alive connection once it is about ``max_age_s`` old.
 
     BentoML's workers accept from one shared listening socket, and the worker that wakes
     first takes every connection waiting in the backlog: a burst of keep-alive connections
     can land 16/0 on two workers and leave a core idle for as long as the clients stay
-    connected. A client told to close reconnects, and its new connection most often goes to
-    the least busy worker, the one waiting for work; so the split evens out within seconds
-    and follows the load after that. The same idea as nginx's ``keepalive_requests`` or
-    gRPC's ``MAX_CONNECTION_AGE``; one reconnect per ``every`` requests costs next to nothing.
+    connected. Here a connection's first response after its age (``max_age_s``, +-25% so
+    that a burst of connections does not come due at once) carries ``Connection: close``;
+    the client reconnects, and the new connection goes to either worker, most often to the
+    less busy one, the one waiting for work. A worker holding more connections closes more
+    of them per second, so the split evens out within a few ages, and follows the load
+    after that. gRPC's ``MAX_CONNECTION_AGE`` does the same for the same reason.
+
+    Connections are told apart by the client address and port; entries of connections the
+    client closed itself are forgotten once past their age.
     """
 
-    def __init__(self, app: ASGIApp, every: int) -> None:
-        assert every >= 1, f"recycle every >= 1 responses, got {every}"
+    def __init__(self, app: ASGIApp, max_age_s: float) -> None:
+        assert max_age_s > 0, f"max_age_s must be > 0, got {max_age_s}"
         self.app = app
-        self.every = every
-        self.countdown = every
+        self.max_age_s = max_age_s
+        self.deadlines: dict[tuple[str, int], float] = {}  # client (host, port) -> when to close
+        self.next_sweep = 0.0
+        self.random = random.Random()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        client = scope.get("client")
+        if scope["type"] != "http" or client is None:
             return await self.app(scope, receive, send)
-        self.countdown -= 1
-        if self.countdown > 0:
+        now = time.monotonic()
+        deadline = self.deadlines.get(client)
+        if deadline is None:
+            self._forget_expired(now)
+            self.deadlines[client] = now + self.max_age_s * self.random.uniform(0.75, 1.25)
+        if deadline is None or now < deadline:
             return await self.app(scope, receive, send)
-        self.countdown = self.every
+        del self.deadlines[client]
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -73,3 +88,11 @@ class ConnectionRecycler:
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+    def _forget_expired(self, now: float) -> None:
+        """At most once per age: drop connections past their deadline (most closed already)."""
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + self.max_age_s
+        for client in [c for c, deadline in self.deadlines.items() if deadline <= now]:
+            del self.deadlines[client]

@@ -83,10 +83,10 @@ class Settings(BaseSettings):
     # request's objects alive until it fires, so a long one grows the heap under load and
     # lengthens garbage-collection pauses; the batch queue_timeout_s is the real deadline.
     http_timeout_s: float = Field(2.0, gt=0)
-    # With several workers, every N-th response of a worker asks its client to reconnect
-    # (Connection: close), so that keep-alive connections spread evenly over the workers
+    # With several workers, a keep-alive connection is closed (Connection: close on its next
+    # response) once it is about this old, so that connections spread evenly over the workers
     # instead of staying where a burst of connects happened to land. 0 = never.
-    recycle_connection_every: int = Field(100, ge=0)
+    max_connection_age_s: float = Field(2.0, ge=0)
     # One log line per request (BentoML's access log). Off by default: it costs throughput.
     access_log: bool = False
 

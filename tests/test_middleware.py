@@ -19,16 +19,53 @@ def echo_app() -> Starlette:
     return Starlette(routes=[Route("/", echo)])
 
 
-def test_every_nth_response_asks_the_client_to_reconnect():
-    app = ConnectionRecycler(echo_app(), every=3)
+def closes(response: httpx.Response) -> bool:
+    return response.headers.get("connection") == "close"
 
-    async def send_ten() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return [await client.get("/") for _ in range(10)]
 
-    responses = asyncio.run(send_ten())
-    closing = [i for i, r in enumerate(responses, start=1) if r.headers.get("connection") == "close"]
-    assert closing == [3, 6, 9]
-    # The response itself is untouched.
-    assert all(r.status_code == 200 and r.text == "ok" and r.headers["x-kept"] == "yes" for r in responses)
+async def get(app, client: tuple[str, int]) -> httpx.Response:
+    """One request that the app sees as coming from ``client`` (one connection per address)."""
+    transport = httpx.ASGITransport(app=app, client=client)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        return await http.get("/")
+
+
+def test_a_connection_is_asked_to_reconnect_once_it_is_past_its_age():
+    app = ConnectionRecycler(echo_app(), max_age_s=0.2)  # due after 0.15 to 0.25 s
+    a, b = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
+
+    async def scenario() -> list[bool]:
+        young = [closes(await get(app, a)) for _ in range(3)] + [closes(await get(app, b))]
+        await asyncio.sleep(0.3)
+        old = [closes(await get(app, a)), closes(await get(app, b))]
+        reconnected = closes(await get(app, a))  # the same address again: a new connection
+        return [*young, *old, reconnected]
+
+    assert asyncio.run(scenario()) == [False, False, False, False, True, True, False]
+
+
+def test_responses_are_otherwise_untouched():
+    app = ConnectionRecycler(echo_app(), max_age_s=0.01)
+
+    async def scenario() -> list[httpx.Response]:
+        first = await get(app, ("10.0.0.1", 1))
+        await asyncio.sleep(0.05)
+        return [first, await get(app, ("10.0.0.1", 1))]
+
+    first, closing = asyncio.run(scenario())
+    assert not closes(first) and closes(closing)
+    for response in (first, closing):
+        assert response.status_code == 200 and response.text == "ok" and response.headers["x-kept"] == "yes"
+
+
+def test_connections_the_client_closed_are_forgotten():
+    app = ConnectionRecycler(echo_app(), max_age_s=0.05)
+
+    async def scenario() -> None:
+        for port in range(200):  # 200 one-request connections
+            await get(app, ("10.0.0.1", port))
+        await asyncio.sleep(0.1)
+        await get(app, ("10.0.0.9", 1))  # a new connection, after the others' age
+
+    asyncio.run(scenario())
+    assert len(app.deadlines) == 1, "entries of long-gone connections were kept"
