@@ -386,6 +386,11 @@ def system_busy_s() -> float:
     return t.user + t.system + sum(getattr(t, f, 0.0) for f in ("nice", "irq", "softirq"))
 
 
+def steal_s() -> float:
+    """CPU seconds the hypervisor has given to other guests (0 on bare metal)."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
+
+
 def others_load(server: Server | None, window_s: float = 1.0) -> float:
     """Cores that processes other than ``server`` kept busy over the next ``window_s``."""
     busy0, own0, t0 = system_busy_s(), server.cpu_s() if server else 0.0, time.perf_counter()
@@ -425,11 +430,12 @@ def measure_cell(
     split: list[int] = []  # how the kernel spread wrk's connections over the workers, mid-cell
     probe = threading.Timer(seconds / 2, lambda: split.extend(server.connections_per_worker()))
     probe.start()
-    busy0, cpu0 = system_busy_s(), server.cpu_s()
+    busy0, cpu0, steal0 = system_busy_s(), server.cpu_s(), steal_s()
     w = run_wrk(url, bodies_file, concurrency, seconds, wrk_threads)
     cpu = server.cpu_s() - cpu0
     probe.cancel()
     others = max(0.0, system_busy_s() - busy0 - cpu - w["cpu_s"])
+    stolen = steal_s() - steal0
     rss = server.rss_bytes()
     duration = w["duration_us"] / 1e6
     n = max(w["requests"], 1)
@@ -457,11 +463,14 @@ def measure_cell(
         "wrk_cpu_us_per_req": w["cpu_s"] * 1e6 / n,
         "wrk_cores_busy": w["cpu_s"] / w["wall_s"],
         "others_cores_busy": others / w["wall_s"],
+        "stolen_cores": stolen / w["wall_s"],
         "connections_per_worker": split,
     }
     flag = f"  ERRORS {w['errors']}" if errors else ""
     if cell["others_cores_busy"] > NOISE_CORES:
         flag += f"  NOISY: other processes used {cell['others_cores_busy']:.2f} cores"
+    if cell["stolen_cores"] > NOISE_CORES:
+        flag += f"  NOISY: the hypervisor took {cell['stolen_cores']:.2f} cores"
     log(
         f"  {server.name:16} /{endpoint:8} c={concurrency:<3} {cell['req_per_s']:8.0f} req/s  "
         f"p50 {cell['p50_ms']:6.2f}  p99 {cell['p99_ms']:7.2f}  max {cell['max_ms']:7.1f} ms  "
@@ -542,10 +551,11 @@ def soak(server: Server, bodies_file: Path, args: argparse.Namespace) -> dict:
     split: list[int] = []
     probe = threading.Timer(args.soak_duration / 2, lambda: split.extend(server.connections_per_worker()))
     probe.start()
-    busy0, cpu0 = system_busy_s(), server.cpu_s()
+    busy0, cpu0, steal0 = system_busy_s(), server.cpu_s(), steal_s()
     w = run_wrk(url, bodies_file, 16, args.soak_duration, args.wrk_threads)
     cpu = server.cpu_s() - cpu0
     others = max(0.0, system_busy_s() - busy0 - cpu - w["cpu_s"])
+    stolen = steal_s() - steal0
     stop.set()
     probe.cancel()
     sampler.join()
@@ -569,6 +579,7 @@ def soak(server: Server, bodies_file: Path, args: argparse.Namespace) -> dict:
         "rss_ratio": rss_after / rss_warm,
         "rss_samples_mb": samples,
         "others_cores_busy": others / w["wall_s"],
+        "stolen_cores": stolen / w["wall_s"],
         "connections_per_worker": split,
     }
     log(
@@ -896,6 +907,7 @@ COLUMNS = [  # header, key, format
     ("wrk CPU µs/req", "wrk_cpu_us_per_req", "{:.1f}"),
     ("wrk cores busy", "wrk_cores_busy", "{:.2f}"),
     ("other processes' cores", "others_cores_busy", "{:.2f}"),
+    ("stolen cores", "stolen_cores", "{:.2f}"),
     ("server RSS MB", "server_rss_mb", "{:.0f}"),
     ("connections per worker", "connections_per_worker", "{}"),
     ("failed", "error_count", "{:d}"),
@@ -1063,7 +1075,9 @@ def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -
         " wall time. Server RSS: summed over the tree after the cell (shared pages count once per process).",
         "- wrk's own CPU (its rusage) is shown beside the server's: it runs on the same cores. *Other"
         " processes' cores*: the machine's busy CPU time (all processes) during the cell minus the server's"
-        f" and wrk's, over the wall time; above {NOISE_CORES} the cell was disturbed by something else.",
+        f" and wrk's, over the wall time; above {NOISE_CORES} the cell was disturbed by something else."
+        " *Stolen cores*: CPU time the hypervisor gave to other guests during the cell (a virtual"
+        " machine's steal time), which slows every process here alike.",
         "- Connections per worker: how the kernel had spread wrk's connections over the server's"
         " processes, counted halfway through the cell (the workers share one listening socket).",
         "- Failed: connection errors, timeouts and responses with status >= 400 (wrk's count); any"
