@@ -392,11 +392,13 @@ def steal_s() -> float:
 
 
 def others_load(server: Server | None, window_s: float = 1.0) -> float:
-    """Cores that processes other than ``server`` kept busy over the next ``window_s``."""
-    busy0, own0, t0 = system_busy_s(), server.cpu_s() if server else 0.0, time.perf_counter()
+    """Cores that processes other than ``server``, or the hypervisor, took over the next ``window_s``."""
+    busy0, own0, steal0 = system_busy_s(), server.cpu_s() if server else 0.0, steal_s()
+    t0 = time.perf_counter()
     time.sleep(window_s)
     own = server.cpu_s() - own0 if server else 0.0
-    return max(0.0, system_busy_s() - busy0 - own) / (time.perf_counter() - t0)
+    taken = max(0.0, system_busy_s() - busy0 - own) + steal_s() - steal0
+    return taken / (time.perf_counter() - t0)
 
 
 def wait_quiet(server: Server | None, limit_s: float) -> None:
@@ -407,7 +409,10 @@ def wait_quiet(server: Server | None, limit_s: float) -> None:
     load = others_load(server)
     if load < NOISE_CORES:
         return
-    log(f"  other processes use {load:.2f} cores; waiting up to {limit_s:.0f} s for a quiet machine")
+    log(
+        f"  other processes or the hypervisor take {load:.2f} cores; "
+        f"waiting up to {limit_s:.0f} s for a quiet machine"
+    )
     while load >= NOISE_CORES and time.monotonic() < deadline:
         load = others_load(server, 2.0)
     log(f"  {'quiet' if load < NOISE_CORES else 'still busy'} ({load:.2f} cores): going on")
@@ -833,6 +838,9 @@ def targets(result: dict) -> list[dict]:
         noisy = max(c.get("others_cores_busy", 0.0) for c in cells)
         if noisy > NOISE_CORES:
             measured += f" (other processes used up to {noisy:.2f} cores meanwhile)"
+        stolen = max(c.get("stolen_cores", 0.0) for c in cells)
+        if stolen > NOISE_CORES:
+            measured += f" (the hypervisor took up to {stolen:.2f} cores meanwhile)"
         out.append({"target": name, "pass": bool(ok and not errors), "measured": measured})
 
     def throughput(endpoint: str, unit: str, key: str) -> None:
