@@ -25,6 +25,15 @@ from service.settings import BatchPolicy, Settings
 log = logging.getLogger(__name__)
 
 
+def check_limit(field: str, count: int, unit: str, limit: int, setting: str) -> None:
+    """413 naming ``field`` when a request holds more than ``limit`` ``unit`` (set by ``setting``)."""
+    if count > limit:
+        raise PayloadTooLarge(
+            f"{field}: {count} {unit} is more than the limit of {limit} per request ({setting})",
+            {"field": field, "limit": limit},
+        )
+
+
 class Pipeline:
     """A loaded model, its batcher and its metrics. Subclasses say how items batch."""
 
@@ -93,12 +102,7 @@ class Pipeline:
 
     def check_item_count(self, n: int, field: str) -> None:
         limit = self.settings.max_items_per_request
-        if n > limit:
-            raise PayloadTooLarge(
-                f"{field}: {n} items is more than the limit of {limit} per request "
-                "(MODELSERVE_MAX_ITEMS_PER_REQUEST)",
-                {"field": field, "limit": limit},
-            )
+        check_limit(field, n, "items", limit, "MODELSERVE_MAX_ITEMS_PER_REQUEST")
 
     def warmup(self) -> list[int]:
         """Run every batch size a power of two apart up to the maximum; returns the sizes."""
@@ -187,12 +191,7 @@ class ForecasterPipeline(Pipeline):
 
     def check_point_count(self, points: int, field: str) -> None:
         limit = self.settings.max_series_points_per_request
-        if points > limit:
-            raise PayloadTooLarge(
-                f"{field}: {points} values over all rows is more than the limit of {limit} per "
-                "request (MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST): send fewer or shorter rows",
-                {"field": field, "limit": limit},
-            )
+        check_limit(field, points, "values over all rows", limit, "MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST")
 
     def run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
         lengths = np.fromiter((len(row) for row in items), dtype=np.int64, count=len(items))
