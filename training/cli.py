@@ -39,6 +39,12 @@ class TrainOptions:
     store: Path  # the model store results are published to (and the classifier is read from)
     workdir: Path  # scratch space for plots before they are copied beside the model
 
+    def epochs_for(self, full: int, dry_run: int) -> int:
+        """The epochs to train: ``--epochs`` if given, else ``dry_run`` on a dry run, else ``full``."""
+        if self.epochs is not None:
+            return self.epochs
+        return dry_run if self.dry_run else full
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])

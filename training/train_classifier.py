@@ -170,10 +170,7 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
 def train(options: TrainOptions) -> TrainedModel:
     """Train, evaluate and plot the classifier; returns it ready for export."""
     cfg = ClassifierTrainConfig()
-    if options.epochs is not None:
-        cfg.epochs = options.epochs
-    elif options.dry_run:
-        cfg.epochs = cfg.dry_run_epochs
+    cfg.epochs = options.epochs_for(cfg.epochs, cfg.dry_run_epochs)
     with torch_threads(cfg.threads):
         return fit(options, cfg)
 

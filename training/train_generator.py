@@ -240,10 +240,7 @@ def plot_samples(generated: torch.Tensor, real: torch.Tensor, path: Path, title:
 def train(options: TrainOptions) -> TrainedModel:
     """Train the GAN, judge its generator with the classifier, plot; returns it for export."""
     cfg = GANTrainConfig()
-    if options.epochs is not None:
-        cfg.epochs = options.epochs
-    elif options.dry_run:
-        cfg.epochs = cfg.dry_run_epochs
+    cfg.epochs = options.epochs_for(cfg.epochs, cfg.dry_run_epochs)
     with torch_threads(cfg.threads):
         return fit(options, cfg)
 
