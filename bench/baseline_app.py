@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from modelstore import load_verified
+from store_format import load_verified
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--store", required=True)

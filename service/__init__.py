@@ -6,7 +6,7 @@
 
 def __getattr__(name: str):  # imported lazily: the submodules are usable without BentoML
     if name == "ModelService":
-        from service.service import ModelService
+        from service.bento_service import ModelService
 
         return ModelService
     raise AttributeError(name)

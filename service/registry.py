@@ -11,12 +11,12 @@ import logging
 import os
 from pathlib import Path
 
-from modelstore import list_models
 from service.errors import NotFound, Unavailable
 from service.metrics import mark_ready
 from service.pipelines import PIPELINES, Pipeline
 from service.runtime import LoadedModel, ModelLoadError, SessionConfig, choose_providers
 from service.settings import Settings
+from store_format import list_models
 
 log = logging.getLogger(__name__)
 

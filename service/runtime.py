@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from modelstore import Manifest, TensorSpec, load_verified
+from store_format import Manifest, TensorSpec, load_verified
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from modelstore import Manifest, TensorSpec
 from service.errors import InvalidInput, NotFound, json_response
 from service.http import LeanRoute, guarded, parse, registry_of, require_json
 from service.pipelines import Pipeline
 from service.runtime import NUMPY_DTYPES
+from store_format import Manifest, TensorSpec
 
 SERVER_NAME = "modelserve"
 SERVER_VERSION = "0.1.0"

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from modelstore import load_verified
+from store_format import load_verified
 from training.cli import TrainOptions, main
 from training.models.classifier import (
     ClassifierConfig,

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from modelstore import load_verified
+from store_format import load_verified
 from training import cli
 from training.export import PARITY_ATOL, TrainedModel, check_parity, export_onnx
 from training.models.forecaster import Forecaster, ForecasterConfig

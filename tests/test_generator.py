@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from modelstore import MANIFEST_FILE, ManifestError, load_verified
+from store_format import MANIFEST_FILE, ManifestError, load_verified
 from training.cli import TrainOptions
 from training.export import TrainedModel, export_and_publish
 from training.models.generator import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modelstore import (
+from store_format import (
     MANIFEST_FILE,
     MODEL_FILE,
     IntegrityError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from modelstore import list_models, list_versions, load_verified
 from service.runtime import NUMPY_DTYPES
+from store_format import list_models, list_versions, load_verified
 from tests.conftest import COMMITTED_STORE
 
 MODELS = ["classifier", "forecaster", "generator"]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from modelstore import read_manifest
+from store_format import read_manifest
 from tests.conftest import COMMITTED_STORE
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from modelstore import read_manifest
+from store_format import read_manifest
 from tests.conftest import COMMITTED_STORE
 from tests.test_service import co2_like, digit_images, metric_values
 

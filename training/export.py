@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from modelstore import Manifest, TensorSpec, publish
+from store_format import Manifest, TensorSpec, publish
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from modelstore import Manifest, ManifestError, list_versions, load_verified
+from store_format import Manifest, ManifestError, list_versions, load_verified
 from training.cli import TrainOptions
 from training.common import plot_curves, seed_everything, torch_threads
 from training.export import TrainedModel

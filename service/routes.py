@@ -1,6 +1,6 @@
 """The HTTP routes: a thin layer from requests to pipelines and back.
 
-A FastAPI app, mounted into the BentoML service (``service.service``), so that BentoML
+A FastAPI app, mounted into the BentoML service (``service.bento_service``), so that BentoML
 merges its OpenAPI document into ``/docs.json``. Handlers take the raw ``Request`` and
 validate bodies themselves with the schemas' compiled validators: FastAPI's parameter
 injection and response serialisation would double the per-request CPU (see

@@ -1,6 +1,6 @@
 """The model store format shared by ``training`` (writer) and ``service`` (reader)."""
 
-from modelstore.manifest import (
+from store_format.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     IntegrityError,

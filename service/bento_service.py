@@ -2,7 +2,7 @@
 
 BentoML runs the workers, their start-up and shutdown, ``/livez`` and ``/readyz``, and
 ``bentoml build``/``containerize``. The request path is the mounted app in
-``service.app``; the settings that keep BentoML's per-request cost down are below, each
+``service.routes``; the settings that keep BentoML's per-request cost down are below, each
 measured in docs/benchmarks.md.
 """
 
@@ -15,9 +15,9 @@ import os
 import bentoml
 from bentoml._internal.context import server_context
 
-from service.app import INFERENCE_ROUTES, TASK_ROUTES, create_app
 from service.errors import JsonErrors
 from service.registry import ModelRegistry, WorkerBoard
+from service.routes import INFERENCE_ROUTES, TASK_ROUTES, create_app
 from service.settings import get_settings
 
 # BentoML sets the root logger to WARNING; model loading and readiness are worth an INFO line.
