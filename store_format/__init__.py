@@ -3,9 +3,11 @@
 from store_format.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
+    Gate,
     IntegrityError,
     Manifest,
     ManifestError,
+    QualityCheck,
     TensorSpec,
     latest_version,
     list_models,
@@ -20,9 +22,11 @@ from store_format.manifest import (
 __all__ = [
     "MANIFEST_FILE",
     "MODEL_FILE",
+    "Gate",
     "IntegrityError",
     "Manifest",
     "ManifestError",
+    "QualityCheck",
     "TensorSpec",
     "latest_version",
     "list_models",

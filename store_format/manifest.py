@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -87,6 +87,85 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+# --- the quality gate ----------------------------------------------------------------------
+
+Verdict = Literal["passed", "rejected", "forced"]
+_COMPARISONS = {">=": lambda value, bound: value >= bound, "<=": lambda value, bound: value <= bound}
+
+
+@dataclass(frozen=True)
+class QualityCheck:
+    """One bar a model version must meet: ``metrics[metric] <op> threshold``."""
+
+    metric: str  # a key of Manifest.metrics, e.g. "test_accuracy"
+    op: Literal[">=", "<="]
+    threshold: float
+    why: str = ""  # what the bar stands for, for people reading the manifest
+
+    def __post_init__(self) -> None:
+        if self.op not in _COMPARISONS:
+            raise ManifestError(f"quality check on {self.metric!r}: op must be '>=' or '<=', got {self.op!r}")
+
+    def passes(self, metrics: dict[str, Any]) -> bool:
+        value = metrics.get(self.metric)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value != value:  # NaN
+            return False
+        return _COMPARISONS[self.op](value, self.threshold)
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        value = metrics.get(self.metric, "missing")
+        mark = "ok" if self.passes(metrics) else "MISSED"
+        return f"{self.metric} = {value} (bar {self.op} {self.threshold}): {mark}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QualityCheck:
+        try:
+            return cls(data["metric"], data["op"], float(data["threshold"]), data.get("why", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"quality check {data!r} needs metric, op and a numeric threshold") from exc
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A version's quality verdict, decided when it was trained and recorded in its manifest.
+
+    ``rejected`` versions stay in the store for inspection but are never served; ``forced``
+    ones missed a bar and were published anyway on purpose (``--force``).
+    """
+
+    checks: tuple[QualityCheck, ...]
+    verdict: Verdict
+
+    @classmethod
+    def evaluate(cls, checks: tuple[QualityCheck, ...], metrics: dict[str, Any], force: bool = False) -> Gate:
+        if all(check.passes(metrics) for check in checks):
+            return cls(tuple(checks), "passed")
+        return cls(tuple(checks), "forced" if force else "rejected")
+
+    @property
+    def servable(self) -> bool:
+        return self.verdict != "rejected"
+
+    def missed(self, metrics: dict[str, Any]) -> list[QualityCheck]:
+        return [check for check in self.checks if not check.passes(metrics)]
+
+    def check_consistent(self, metrics: dict[str, Any], model: str) -> None:
+        """Refuse a verdict its own checks contradict (a hand-edited manifest)."""
+        if self.verdict == "passed" and self.missed(metrics):
+            missed = "; ".join(check.describe(metrics) for check in self.missed(metrics))
+            raise ManifestError(f"{model}: the manifest says the quality gate passed, but {missed}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Gate:
+        verdict = data.get("verdict")
+        if verdict not in ("passed", "rejected", "forced"):
+            raise ManifestError(f"gate verdict must be passed, rejected or forced, got {verdict!r}")
+        return cls(tuple(QualityCheck.from_dict(c) for c in data.get("checks", [])), verdict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "checks": [asdict(check) for check in self.checks]}
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What ``manifest.json`` records about one model version."""
@@ -107,6 +186,8 @@ class Manifest:
     serving: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""  # ISO 8601, UTC
     producer: dict[str, Any] = field(default_factory=dict)  # library versions that built it
+    # The quality verdict; None for versions published before gates existed, which are served.
+    gate: Gate | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -120,6 +201,13 @@ class Manifest:
             raise ManifestError(f"{self.name}: sha256 must be 64 lowercase hex digits")
         if "seed" not in self.training:
             raise ManifestError(f"{self.name}: training must record the seed")
+        if self.gate is not None:
+            self.gate.check_consistent(self.metrics, self.name)
+
+    @property
+    def servable(self) -> bool:
+        """False for a rejected candidate: kept in the store, never served."""
+        return self.gate is None or self.gate.servable
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -141,6 +229,7 @@ class Manifest:
                 serving=dict(data.get("serving", {})),
                 created_at=data.get("created_at", ""),
                 producer=dict(data.get("producer", {})),
+                gate=Gate.from_dict(data["gate"]) if data.get("gate") is not None else None,
             )
         except KeyError as exc:
             raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc
@@ -149,6 +238,7 @@ class Manifest:
         data = asdict(self)
         data["inputs"] = [t.to_dict() for t in self.inputs]
         data["outputs"] = [t.to_dict() for t in self.outputs]
+        data["gate"] = self.gate.to_dict() if self.gate is not None else None
         return data
 
     def input(self, name: str) -> TensorSpec:
@@ -242,10 +332,19 @@ def list_versions(store: Path, name: str) -> list[int]:
 
 
 def latest_version(store: Path, name: str) -> int:
+    """The highest servable version of ``name``; rejected candidates are passed over."""
     versions = list_versions(store, name)
     if not versions:
         raise ManifestError(f"no versions of {name!r} in {store}")
-    return versions[-1]
+    for version in reversed(versions):
+        # An unreadable manifest raises here rather than being passed over: a broken newest
+        # version must be noticed, not silently replaced by an older one.
+        if read_manifest(Path(store) / name / str(version)).servable:
+            return version
+    raise ManifestError(
+        f"{name!r} has versions {versions} in {store}, but its quality gate rejected every one "
+        "(see each manifest's gate; retrain, or publish with --force)"
+    )
 
 
 # --- writing -----------------------------------------------------------------------------

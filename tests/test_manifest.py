@@ -11,9 +11,11 @@ import pytest
 from store_format import (
     MANIFEST_FILE,
     MODEL_FILE,
+    Gate,
     IntegrityError,
     Manifest,
     ManifestError,
+    QualityCheck,
     TensorSpec,
     latest_version,
     list_models,
@@ -231,3 +233,70 @@ def test_load_verified_rejects_a_corrupt_manifest(tmp_path: Path, model_file: Pa
     path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="missing the field 'task'"):
         load_verified(tmp_path, "classifier")
+
+
+# --- the quality gate ----------------------------------------------------------------------
+
+ACCURACY_BAR = (QualityCheck("test_accuracy", ">=", 0.97, "held-out accuracy"),)
+
+
+def gated_fields(accuracy: float, force: bool = False) -> dict[str, Any]:
+    fields = manifest_fields()
+    fields["metrics"] = {"test_accuracy": accuracy}
+    fields["gate"] = Gate.evaluate(ACCURACY_BAR, fields["metrics"], force=force)
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "force", "verdict", "servable"),
+    [(0.99, False, "passed", True), (0.93, False, "rejected", False), (0.93, True, "forced", True)],
+)
+def test_gate_verdicts(accuracy: float, force: bool, verdict: str, servable: bool) -> None:
+    manifest = Manifest(**gated_fields(accuracy, force), version=1, sha256="c" * 64)
+    assert manifest.gate.verdict == verdict
+    assert manifest.servable is servable
+    assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
+
+
+def test_gate_fails_on_missing_or_nan_metrics() -> None:
+    check = QualityCheck("mae", "<=", 0.5)
+    assert check.passes({"mae": 0.4}) and not check.passes({"mae": 0.6})
+    assert (
+        not check.passes({}) and not check.passes({"mae": float("nan")}) and not check.passes({"mae": "0.1"})
+    )
+    assert "MISSED" in check.describe({"mae": 0.6})
+
+
+def test_manifests_without_a_gate_are_served() -> None:
+    data = valid_dict()
+    assert data["gate"] is None
+    data.pop("gate")  # written before gates existed
+    assert Manifest.from_dict(data).servable
+
+
+def test_a_passed_verdict_its_checks_contradict_is_refused() -> None:
+    data = Manifest(**gated_fields(0.99), version=1, sha256="d" * 64).to_dict()
+    data["metrics"]["test_accuracy"] = 0.5  # hand-edited after the gate ran
+    with pytest.raises(ManifestError, match=r"says the quality gate passed, but test_accuracy = 0.5"):
+        Manifest.from_dict(data)
+    data["gate"]["verdict"] = "maybe"
+    with pytest.raises(ManifestError, match="gate verdict must be passed, rejected or forced"):
+        Manifest.from_dict(data)
+
+
+def test_rejected_versions_are_kept_but_never_the_latest(tmp_path: Path, model_file: Path) -> None:
+    publish(tmp_path, gated_fields(0.99), model_file)
+    publish(tmp_path, gated_fields(0.93), model_file)  # rejected candidate
+    assert list_versions(tmp_path, "classifier") == [1, 2]
+    assert latest_version(tmp_path, "classifier") == 1
+    assert load_verified(tmp_path, "classifier")[0].version == 1
+    rejected, _ = load_verified(tmp_path, "classifier", version=2)  # still there for inspection
+    assert rejected.gate.verdict == "rejected"
+    publish(tmp_path, gated_fields(0.93, force=True), model_file)
+    assert latest_version(tmp_path, "classifier") == 3
+
+
+def test_a_store_of_rejected_versions_says_so(tmp_path: Path, model_file: Path) -> None:
+    publish(tmp_path, gated_fields(0.5), model_file)
+    with pytest.raises(ManifestError, match="quality gate rejected every one"):
+        latest_version(tmp_path, "classifier")
