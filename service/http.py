@@ -54,13 +54,8 @@ async def guarded(
     """Run ``handler``, counting its errors in ``pipeline``'s metrics; a bug becomes a JSON 500."""
     try:
         return await handler(request, pipeline)
-    except ApiError as exc:
-        pipeline.metrics.error(exc.status)
-        raise
-    except Exception:  # a bug, not the client's fault: log it, answer 500
-        log.exception("%s failed on %s", pipeline.model.name, request.url.path)
-        pipeline.metrics.error(500)
-        raise ApiError("internal server error", {"model": pipeline.model.name}, status=500) from None
+    except Exception as exc:
+        raise pipeline.failed(exc, request.url.path) from None
 
 
 def openapi_body(schema: type[BaseModel]) -> dict[str, Any]:

@@ -1,28 +1,43 @@
-"""One pipeline per task: decode -> batch -> predict -> unbatch -> encode.
+"""One pipeline per kind of model: everything a model's routes need, behind one call.
 
-An *item* is one image, one history row or one sample to generate. ``decode_*`` turns a
-validated request into items (and checks what only the loaded model knows), the model's
-:class:`~service.batcher.Batcher` merges items of concurrent requests into one
-``run_batch`` call, and ``encode`` turns a request's results back into its response.
-The V2 protocol routes build items from tensors and share the same batchers.
+An *item* is one image, one history row or one sample to generate. A task route reads its
+request body (a ``service.schemas`` object) and awaits :meth:`Pipeline.answer`; a V2
+``infer`` route decodes its tensors and awaits :meth:`Pipeline.answer_tensors`. Either way
+the pipeline turns the request into items (checking what only the loaded model knows), the
+model's :class:`~service.batcher.Batcher` merges the items of concurrent requests into one
+:meth:`~Pipeline.run_batch` call, and the pipeline turns the request's own results back
+into its answer.
+
+:class:`Pipeline` declares that contract as abstract methods. A new kind of model is one
+subclass here, its task's line in :data:`PIPELINES`, and its route's line in
+``service.routes``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from service.batcher import Batcher, BatchStats, QueueFull, QueueTimeout
-from service.errors import InvalidInput, PayloadTooLarge, Unavailable
+from service.errors import ApiError, InvalidInput, PayloadTooLarge, Unavailable
+from service.images import png_from_digit
 from service.metrics import ModelMetrics
 from service.runtime import LoadedModel
+from service.schemas import ClassifyRequest, ForecastRequest, GenerateRequest, UploadedDigit
 from service.settings import BatchPolicy, Settings
 
 log = logging.getLogger(__name__)
+
+Body = TypeVar("Body")  # what a task route's body reader gives (see service.routes)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def check_limit(field: str, count: int, unit: str, limit: int, setting: str) -> None:
@@ -34,8 +49,8 @@ def check_limit(field: str, count: int, unit: str, limit: int, setting: str) -> 
         )
 
 
-class Pipeline:
-    """A loaded model, its batcher and its metrics. Subclasses say how items batch."""
+class Pipeline(ABC, Generic[Body, Item, Result]):
+    """A loaded model, its batcher and its metrics, and the contract its routes rely on."""
 
     # Whether ONNX Runtime runs off the event loop unless the settings say otherwise: worth
     # a thread hand-off only when a batch takes long enough to hold up other requests.
@@ -64,26 +79,43 @@ class Pipeline:
         )
         self.max_batch_size = policy.max_batch_size
 
-    # --- to be provided by each task ------------------------------------------------------
+    # --- the contract: each kind of model provides these -------------------------------------
 
-    def run_batch(self, items: list) -> list:
-        raise NotImplementedError
+    @abstractmethod
+    def decode(self, body: Body) -> list[Item]:
+        """Items from a task route's request body; raises an ApiError naming what is wrong."""
 
-    def example_items(self, n: int) -> list:
-        """``n`` valid items, for warm-up."""
-        raise NotImplementedError
-
-    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list:
+    @abstractmethod
+    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[Item]:
         """Items from V2 input tensors whose names, datatypes and shapes match the manifest."""
-        raise NotImplementedError
 
-    def tensors_from_results(self, results: list) -> dict[str, np.ndarray]:
+    @abstractmethod
+    def run_batch(self, items: list[Item]) -> list[Result]:
+        """One ONNX Runtime call over ``items`` (of any number of requests); one result each."""
+
+    @abstractmethod
+    def encode(self, body: Body, results: list[Result]) -> dict[str, Any]:
+        """The response body for ``body`` from its results (NumPy arrays are serialised as is)."""
+
+    @abstractmethod
+    def tensors_from_results(self, results: list[Result]) -> dict[str, np.ndarray]:
         """V2 output tensors (by manifest name) from a request's results."""
-        raise NotImplementedError
 
-    # --- shared ---------------------------------------------------------------------------
+    @abstractmethod
+    def example_items(self, n: int) -> list[Item]:
+        """``n`` valid items, for warm-up."""
 
-    async def infer(self, items: list) -> list:
+    # --- shared --------------------------------------------------------------------------------
+
+    async def answer(self, body: Body) -> dict[str, Any]:
+        """A task route's response body for ``body``, its items batched with other requests'."""
+        return self.encode(body, await self.infer(self.decode(body)))
+
+    async def answer_tensors(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A V2 request's output tensors for its input tensors, batched like :meth:`answer`."""
+        return self.tensors_from_results(await self.infer(self.items_from_tensors(tensors)))
+
+    async def infer(self, items: list[Item]) -> list[Result]:
         """Results for ``items``, batched with other requests' items for this model."""
         try:
             results = await self.batcher.submit(items)
@@ -99,6 +131,19 @@ class Pipeline:
             raise Unavailable(f"{self.model.name}: {exc}", {"model": self.model.name}) from None
         self.metrics.request_done()
         return results
+
+    def failed(self, exc: Exception, path: str) -> ApiError:
+        """Count a request to ``path`` that raised ``exc`` in this model's metrics; the answer.
+
+        An :class:`ApiError` is answered as it is; anything else is a bug, not the client's
+        fault: it is logged and answered 500.
+        """
+        if isinstance(exc, ApiError):
+            self.metrics.error(exc.status)
+            return exc
+        log.exception("%s failed on %s", self.model.name, path, exc_info=exc)
+        self.metrics.error(500)
+        return ApiError("internal server error", {"model": self.model.name}, status=500)
 
     def check_item_count(self, n: int, field: str) -> None:
         limit = self.settings.max_items_per_request
@@ -120,17 +165,29 @@ class Pipeline:
         self.metrics.batch_done(stats, self.batcher.queued_items)
 
 
-class ClassifierPipeline(Pipeline):
-    """Items: (1, 8, 8) float32 images on the 0..16 scale. Results: (10,) probabilities."""
+class ClassifierPipeline(Pipeline[ClassifyRequest | UploadedDigit, np.ndarray, np.ndarray]):
+    """Items: (1, 8, 8) float32 images on the 0..16 scale. Results: (10,) probabilities.
 
-    def decode(self, images: list) -> list[np.ndarray]:
-        self.check_item_count(len(images), "images")
-        return [np.asarray(image, dtype=np.float32).reshape(1, 8, 8) for image in images]
+    Bodies: a list of images (/classify), or one uploaded picture (/classify_image).
+    """
+
+    def decode(self, body: ClassifyRequest | UploadedDigit) -> list[np.ndarray]:
+        if isinstance(body, UploadedDigit):
+            return [np.asarray(body.pixels, dtype=np.float32).reshape(1, 8, 8)]
+        self.check_item_count(len(body.images), "images")
+        return [np.asarray(image, dtype=np.float32).reshape(1, 8, 8) for image in body.images]
 
     def run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
         batch = np.stack(items)  # (B, 1, 8, 8)
         probabilities = self.model.run({"images": batch})["probabilities"]  # (B, 10)
         return list(probabilities)
+
+    def encode(self, body: ClassifyRequest | UploadedDigit, results: list[np.ndarray]) -> dict[str, Any]:
+        if isinstance(body, UploadedDigit):
+            [probabilities] = results
+            return {"label": int(probabilities.argmax()), "probabilities": probabilities}
+        stacked = np.stack(results)  # (n, 10)
+        return {"labels": stacked.argmax(axis=1), "probabilities": stacked}
 
     def example_items(self, n: int) -> list[np.ndarray]:
         rng = np.random.default_rng(0)
@@ -148,13 +205,8 @@ class ClassifierPipeline(Pipeline):
     def tensors_from_results(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
         return {"probabilities": np.stack(results)}
 
-    @staticmethod
-    def encode(results: list[np.ndarray]) -> dict[str, Any]:
-        probabilities = np.stack(results)
-        return {"labels": probabilities.argmax(axis=1), "probabilities": probabilities}
 
-
-class ForecasterPipeline(Pipeline):
+class ForecasterPipeline(Pipeline[ForecastRequest, np.ndarray, np.ndarray]):
     """Items: 1-D float32 histories of any allowed length. Results: (H,) forecasts.
 
     Rows are right-padded to the longest row of their batch; the model ignores padding
@@ -170,28 +222,50 @@ class ForecasterPipeline(Pipeline):
         self.max_length = settings.max_series_length or int(serving.get("max_length", 4096))
         self.horizon = model.manifest.outputs[0].shape[-1]
 
-    def decode(self, series: list[list[float]]) -> list[np.ndarray]:
-        self.check_item_count(len(series), "series")
-        self.check_point_count(sum(map(len, series)), "series")
-        rows = []
-        for i, values in enumerate(series):
-            if not self.min_length <= len(values) <= self.max_length:
-                raise InvalidInput(
-                    f"series[{i}] has {len(values)} values; the forecaster takes "
-                    f"{self.min_length} to {self.max_length}",
-                    {"field": f"series[{i}]", "min_length": self.min_length, "max_length": self.max_length},
-                )
-            row = np.asarray(values, dtype=np.float32)
-            if not np.isfinite(row).all():
-                raise InvalidInput(
-                    f"series[{i}] has a value too large for float32", {"field": f"series[{i}]"}
-                )
-            rows.append(row)
-        return rows
+    def decode(self, body: ForecastRequest) -> list[np.ndarray]:
+        self.check_item_count(len(body.series), "series")
+        rows = [np.asarray(values, dtype=np.float32) for values in body.series]
+        return self.checked_rows(rows, "series", lambda i: {"field": f"series[{i}]"})
 
-    def check_point_count(self, points: int, field: str) -> None:
+    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
+        history, lengths = tensors["history"], tensors["lengths"]  # (n, T), (n,)
+        self.check_item_count(len(history), "history")
+        if len(lengths) != len(history):
+            raise InvalidInput(
+                f"lengths has {len(lengths)} rows but history has {len(history)}", {"tensor": "lengths"}
+            )
+        width = history.shape[1]
+        for i, length in enumerate(lengths.tolist()):
+            if not 0 <= length <= width:
+                raise InvalidInput(
+                    f"lengths[{i}] = {length}; history rows have {width} values",
+                    {"tensor": "lengths", "index": i},
+                )
+        rows = [history[i, :length] for i, length in enumerate(lengths.tolist())]
+        return self.checked_rows(rows, "history", lambda i: {"tensor": "history", "index": i})
+
+    def checked_rows(
+        self, rows: list[np.ndarray], field: str, place: Callable[[int], dict[str, Any]]
+    ) -> list[np.ndarray]:
+        """The forecaster's checks on history rows, whether they came as JSON or as tensors.
+
+        ``place(i)`` says where row ``i`` is in the request, for the error's detail.
+        """
         limit = self.settings.max_series_points_per_request
+        points = sum(map(len, rows))
         check_limit(field, points, "values over all rows", limit, "MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST")
+        for i, row in enumerate(rows):
+            if not self.min_length <= len(row) <= self.max_length:
+                raise InvalidInput(
+                    f"{field}[{i}] has {len(row)} values; the forecaster takes "
+                    f"{self.min_length} to {self.max_length}",
+                    {**place(i), "min_length": self.min_length, "max_length": self.max_length},
+                )
+            if not np.isfinite(row).all():  # JSON numbers beyond float32, or NaN/inf tensors
+                raise InvalidInput(
+                    f"{field}[{i}] has a value that is NaN, infinite or too large for float32", place(i)
+                )
+        return rows
 
     def run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
         lengths = np.fromiter((len(row) for row in items), dtype=np.int64, count=len(items))
@@ -202,56 +276,40 @@ class ForecasterPipeline(Pipeline):
         forecast = self.model.run({"history": history, "lengths": lengths})["forecast"]  # (B, H)
         return list(forecast)
 
+    def encode(self, body: ForecastRequest, results: list[np.ndarray]) -> dict[str, Any]:
+        return {"forecasts": np.stack(results)}
+
     def example_items(self, n: int) -> list[np.ndarray]:
         rng = np.random.default_rng(0)
         lengths = rng.integers(self.min_length, min(self.max_length, 520) + 1, size=n)
         return [(350 + rng.standard_normal(int(t))).astype(np.float32) for t in lengths]
 
-    def items_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
-        history, lengths = tensors["history"], tensors["lengths"]  # (n, T), (n,)
-        self.check_item_count(len(history), "history")
-        if len(lengths) != len(history):
-            raise InvalidInput(
-                f"lengths has {len(lengths)} rows but history has {len(history)}", {"tensor": "lengths"}
-            )
-        rows = []
-        for i, length in enumerate(lengths.tolist()):
-            if not self.min_length <= length <= min(self.max_length, history.shape[1]):
-                raise InvalidInput(
-                    f"lengths[{i}] = {length}; rows take {self.min_length} to "
-                    f"{min(self.max_length, history.shape[1])} values",
-                    {"tensor": "lengths", "index": i},
-                )
-            row = history[i, :length]
-            if not np.isfinite(row).all():
-                raise InvalidInput(
-                    f"history[{i}] has a NaN or infinite value", {"tensor": "history", "index": i}
-                )
-            rows.append(row)
-        self.check_point_count(sum(map(len, rows)), "history")
-        return rows
-
     def tensors_from_results(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
         return {"forecast": np.stack(results)}
 
-    @staticmethod
-    def encode(results: list[np.ndarray]) -> dict[str, Any]:
-        return {"forecasts": np.stack(results)}
 
+class GeneratorPipeline(Pipeline[GenerateRequest, tuple[np.ndarray, int], np.ndarray]):
+    """Items: (latent (L,) float32, label int). Results: (1, 8, 8) images on 0..16.
 
-class GeneratorPipeline(Pipeline):
-    """Items: (latent (L,) float32, label int). Results: (1, 8, 8) images on 0..16."""
+    Noise comes from each request's own seed, so an image never depends on its batch mates,
+    and the same labels and seed always give the same images.
+    """
 
     def __init__(self, model: LoadedModel, settings: Settings) -> None:
         super().__init__(model, settings)
         self.latent_dim = model.manifest.input("latent").shape[-1]
 
-    def decode(self, labels: list[int], seed: int) -> list[tuple[np.ndarray, int]]:
-        self.check_item_count(len(labels), "labels")
-        return self._items(labels, seed)
+    async def answer(self, body: GenerateRequest) -> dict[str, Any]:
+        if body.seed is None:  # the client left the seed to us; the answer reports the one drawn
+            body = body.model_copy(update={"seed": secrets.randbits(63)})
+        return await super().answer(body)
+
+    def decode(self, body: GenerateRequest) -> list[tuple[np.ndarray, int]]:
+        assert body.seed is not None, "answer() draws the seed the client left out"
+        self.check_item_count(len(body.labels), "labels")
+        return self._items(body.labels, body.seed)
 
     def _items(self, labels: list[int], seed: int) -> list[tuple[np.ndarray, int]]:
-        # Noise comes from the request's own seed, so an image never depends on batch mates.
         rng = np.random.default_rng(seed)
         latent = rng.standard_normal((len(labels), self.latent_dim), dtype=np.float32)  # (n, L)
         return list(zip(latent, labels, strict=True))
@@ -261,6 +319,13 @@ class GeneratorPipeline(Pipeline):
         labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
         images = self.model.run({"latent": latent, "labels": labels})["images"]  # (B, 1, 8, 8)
         return list(images)
+
+    def encode(self, body: GenerateRequest, results: list[np.ndarray]) -> dict[str, Any]:
+        if body.format == "png":
+            images: list = [png_from_digit(image[0]) for image in results]
+        else:
+            images = [image[0] for image in results]  # (8, 8) arrays on 0..16
+        return {"images": images, "seed": body.seed}
 
     def example_items(self, n: int) -> list[tuple[np.ndarray, int]]:
         return self._items([i % 10 for i in range(n)], seed=0)

@@ -11,7 +11,6 @@ the task routes skip FastAPI's middleware and router as well (:class:`ServiceApp
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from service.errors import (
     unexpected_error_handler,
 )
 from service.http import LeanRoute, guarded, openapi_body, read_json, registry_of
-from service.images import digit_from_image, png_from_digit
+from service.images import digit_from_image
 from service.metrics import exposition
 from service.middleware import BodyLimit, ConnectionRecycler
 from service.pipelines import Pipeline
@@ -88,8 +87,7 @@ _MULTIPART_IMAGE = {
 @task_route("classifier")
 async def classify(request: Request, pipeline: Pipeline) -> Response:
     body = await read_json(request, schemas.ClassifyRequest)
-    results = await pipeline.infer(pipeline.decode(body.images))
-    return json_response(pipeline.encode(results))
+    return json_response(await pipeline.answer(body))
 
 
 @task_route("classifier")
@@ -108,27 +106,19 @@ async def classify_image(request: Request, pipeline: Pipeline) -> Response:
     if upload is None or isinstance(upload, str):
         raise InvalidInput("the form needs a file field named 'image'", {"field": "image"})
     digit = digit_from_image(await upload.read(), get_settings().max_image_pixels)
-    [probabilities] = await pipeline.infer(pipeline.decode([digit]))
-    return json_response({"label": int(probabilities.argmax()), "probabilities": probabilities})
+    return json_response(await pipeline.answer(schemas.UploadedDigit(digit)))
 
 
 @task_route("forecaster")
 async def forecast(request: Request, pipeline: Pipeline) -> Response:
     body = await read_json(request, schemas.ForecastRequest)
-    results = await pipeline.infer(pipeline.decode(body.series))
-    return json_response(pipeline.encode(results))
+    return json_response(await pipeline.answer(body))
 
 
 @task_route("generator")
 async def generate(request: Request, pipeline: Pipeline) -> Response:
     body = await read_json(request, schemas.GenerateRequest)
-    seed = body.seed if body.seed is not None else secrets.randbits(63)
-    images = await pipeline.infer(pipeline.decode(body.labels, seed))
-    if body.format == "png":
-        encoded: list = [png_from_digit(image[0]) for image in images]
-    else:
-        encoded = [image[0] for image in images]
-    return json_response({"images": encoded, "seed": seed})
+    return json_response(await pipeline.answer(body))
 
 
 async def metrics(_: Request) -> Response:

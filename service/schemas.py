@@ -8,8 +8,10 @@ Checks that depend on the loaded model (minimum history length, item limits) run
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import numpy as np
 from annotated_types import Len
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +51,13 @@ class ClassifyRequest(_Strict):
 class ClassifyResponse(_Strict):
     labels: list[int] = Field(description="the most probable digit of each image")
     probabilities: list[list[float]] = Field(description="per image, 10 class probabilities")
+
+
+@dataclass(frozen=True)
+class UploadedDigit:
+    """The body of /classify_image once read: the uploaded picture as an (8, 8) array on 0..16."""
+
+    pixels: np.ndarray
 
 
 class ClassifyImageResponse(_Strict):

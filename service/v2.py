@@ -300,8 +300,7 @@ async def _infer(request: Request, pipeline: Pipeline) -> Response:
     infer_request = parse(header, InferRequest)
     manifest = pipeline.model.manifest
     tensors = decode_inputs(infer_request, binary, manifest)
-    results = await pipeline.infer(pipeline.items_from_tensors(tensors))
-    outputs, chunks = encode_outputs(infer_request, pipeline.tensors_from_results(results), manifest)
+    outputs, chunks = encode_outputs(infer_request, await pipeline.answer_tensors(tensors), manifest)
     answer: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version)}
     if infer_request.id is not None:
         answer["id"] = infer_request.id
