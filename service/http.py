@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
 
-from service.errors import ApiError, UnsupportedMediaType, invalid_body
+from service.errors import ApiError
 from service.pipelines import Pipeline
 from service.registry import ModelRegistry
 
-Body = TypeVar("Body", bound=BaseModel)
 log = logging.getLogger(__name__)
 
 
@@ -27,27 +25,6 @@ def registry_of(request: Request) -> ModelRegistry:
     return registry
 
 
-def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"content-type {content_type!r} is not accepted; send application/json",
-            {"content_type": content_type},
-        )
-
-
-def parse(body: bytes, schema: type[Body]) -> Body:
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as exc:
-        raise invalid_body(exc) from None
-
-
-async def read_json(request: Request, schema: type[Body]) -> Body:
-    require_json(request)
-    return parse(await request.body(), schema)
-
-
 async def guarded(
     request: Request, pipeline: Pipeline, handler: Callable[[Request, Pipeline], Awaitable[Response]]
 ) -> Response:
@@ -56,16 +33,6 @@ async def guarded(
         return await handler(request, pipeline)
     except Exception as exc:
         raise pipeline.failed(exc, request.url.path) from None
-
-
-def openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` that documents a JSON body the handler parses itself."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema.model_json_schema()}},
-        }
-    }
 
 
 class LeanRoute(APIRoute):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import get_route_path
@@ -23,102 +25,91 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import schemas, v2
 from service.errors import (
     ApiError,
-    InvalidInput,
-    UnsupportedMediaType,
     api_error_handler,
     http_error_handler,
     json_response,
     unexpected_error_handler,
 )
-from service.http import LeanRoute, guarded, openapi_body, read_json, registry_of
-from service.images import digit_from_image
+from service.http import LeanRoute, registry_of
 from service.metrics import exposition
 from service.middleware import BodyLimit, ConnectionRecycler
-from service.pipelines import Pipeline
+from service.request_bodies import BodyReader, JsonBody, PictureUpload
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class TaskRoute:
+    """One task endpoint: its path, the model that answers it, and how its body is read."""
+
+    path: str
+    model: str  # the name of the model (in the registry) whose pipeline answers
+    body: BodyReader
+    response: type[BaseModel]  # documented in the OpenAPI document; the pipeline encodes it
+    summary: str
+
+    @property
+    def name(self) -> str:
+        return self.path.strip("/")
+
+
+# The route table. A new kind of model: one line here, and one pipeline class.
+TASK_ROUTES: tuple[TaskRoute, ...] = (
+    TaskRoute(
+        "/classify",
+        "classifier",
+        JsonBody(schemas.ClassifyRequest),
+        schemas.ClassifyResponse,
+        "Classify 8x8 digit images (0..16 pixel values)",
+    ),
+    TaskRoute(
+        "/classify_image",
+        "classifier",
+        PictureUpload(),
+        schemas.ClassifyImageResponse,
+        "Classify a PNG or JPEG of a handwritten digit",
+    ),
+    TaskRoute(
+        "/forecast",
+        "forecaster",
+        JsonBody(schemas.ForecastRequest),
+        schemas.ForecastResponse,
+        "Forecast the next weeks of CO2 concentration from variable-length histories",
+    ),
+    TaskRoute(
+        "/generate",
+        "generator",
+        JsonBody(schemas.GenerateRequest),
+        schemas.GenerateResponse,
+        "Generate digit images of the given classes",
+    ),
+)
+
 # The routes whose per-request cost matters: BentoML's tracing middleware skips these
 # prefixes, and the JSON-error middleware does not wrap the task routes.
-TASK_ROUTES = frozenset({"/classify", "/classify_image", "/forecast", "/generate", "/metrics"})
-INFERENCE_ROUTES = [*sorted(TASK_ROUTES), "/v2"]
+TASK_PATHS = frozenset({*(route.path for route in TASK_ROUTES), "/metrics"})
+INFERENCE_ROUTES = [*sorted(TASK_PATHS), "/v2"]
 
 
-def task_route(model: str) -> Callable:
-    """Hand the handler ``model``'s pipeline, and count the handler's errors by status."""
-
-    def decorate(handler: Callable[[Request, Pipeline], Awaitable[Response]]) -> Callable:
-        async def route(request: Request) -> Response:
-            return await guarded(request, registry_of(request).pipeline(model), handler)
-
-        # Not functools.wraps: FastAPI would read the handler's signature and expect a body.
-        route.__name__, route.__doc__ = handler.__name__, handler.__doc__
-        return route
-
-    return decorate
-
-
-_MULTIPART_IMAGE = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "PNG or JPEG, any size, dark digit on a light background",
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
-
-
-# --- task endpoints ----------------------------------------------------------------------
-
-
-@task_route("classifier")
-async def classify(request: Request, pipeline: Pipeline) -> Response:
-    body = await read_json(request, schemas.ClassifyRequest)
-    return json_response(await pipeline.answer(body))
-
-
-@task_route("classifier")
-async def classify_image(request: Request, pipeline: Pipeline) -> Response:
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise UnsupportedMediaType(
-            "send the image as multipart/form-data in a field named 'image'",
-            {"content_type": content_type},
-        )
+async def answer_task(request: Request, route: TaskRoute) -> Response:
+    """The handler of every task route: read the body, then one call into the model's pipeline."""
+    pipeline = registry_of(request).pipeline(route.model)
     try:
-        form = await request.form(max_files=1, max_fields=4)
-    except HTTPException as exc:  # malformed multipart
-        raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise InvalidInput("the form needs a file field named 'image'", {"field": "image"})
-    digit = digit_from_image(await upload.read(), get_settings().max_image_pixels)
-    return json_response(await pipeline.answer(schemas.UploadedDigit(digit)))
+        body = await route.body.read(request)
+        return json_response(await pipeline.answer(body))
+    except Exception as exc:
+        raise pipeline.failed(exc, request.url.path) from None
 
 
-@task_route("forecaster")
-async def forecast(request: Request, pipeline: Pipeline) -> Response:
-    body = await read_json(request, schemas.ForecastRequest)
-    return json_response(await pipeline.answer(body))
+def task_endpoint(route: TaskRoute) -> Callable[[Request], Awaitable[Response]]:
+    """``answer_task`` bound to ``route``, as the endpoint FastAPI documents."""
 
+    async def endpoint(request: Request) -> Response:
+        # (No docstring: FastAPI would publish it as the route's description.)
+        return await answer_task(request, route)
 
-@task_route("generator")
-async def generate(request: Request, pipeline: Pipeline) -> Response:
-    body = await read_json(request, schemas.GenerateRequest)
-    return json_response(await pipeline.answer(body))
+    return endpoint
 
 
 async def metrics(_: Request) -> Response:
@@ -185,48 +176,20 @@ def create_app() -> ServiceApp:
         400: {"model": schemas.ErrorResponse, "description": "invalid input"},
         **schemas.ERROR_RESPONSES,
     }
-    routes = [
-        (
-            "/classify",
-            classify,
-            schemas.ClassifyResponse,
-            openapi_body(schemas.ClassifyRequest),
-            "Classify 8x8 digit images (0..16 pixel values)",
-        ),
-        (
-            "/classify_image",
-            classify_image,
-            schemas.ClassifyImageResponse,
-            _MULTIPART_IMAGE,
-            "Classify a PNG or JPEG of a handwritten digit",
-        ),
-        (
-            "/forecast",
-            forecast,
-            schemas.ForecastResponse,
-            openapi_body(schemas.ForecastRequest),
-            "Forecast the next weeks of CO2 concentration from variable-length histories",
-        ),
-        (
-            "/generate",
-            generate,
-            schemas.GenerateResponse,
-            openapi_body(schemas.GenerateRequest),
-            "Generate digit images of the given classes",
-        ),
-    ]
-    for path, endpoint, response_model, extra, summary in routes:
+    for route in TASK_ROUTES:
+        endpoint = task_endpoint(route)
         app.add_api_route(
-            path,
+            route.path,
             endpoint,
+            name=route.name,
             methods=["POST"],
-            response_model=response_model,
+            response_model=route.response,
             responses=errors,
-            openapi_extra=extra,
-            summary=summary,
+            openapi_extra=route.body.openapi,
+            summary=route.summary,
             tags=["tasks"],
         )
-        app.route_directly(path, endpoint)
+        app.route_directly(route.path, endpoint)
     app.include_router(v2.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from service.errors import InvalidInput, NotFound, json_response
-from service.http import LeanRoute, guarded, parse, registry_of, require_json
+from service.http import LeanRoute, guarded, registry_of
 from service.pipelines import Pipeline
+from service.request_bodies import parse, require_json
 from service.runtime import NUMPY_DTYPES
 from store_format import Manifest, TensorSpec
 
