@@ -17,7 +17,7 @@ from bentoml._internal.context import server_context
 
 from service.errors import JsonErrors
 from service.registry import ModelRegistry, WorkerBoard
-from service.routes import INFERENCE_ROUTES, TASK_PATHS, create_app
+from service.routes import INFERENCE_ROUTES, create_app
 from service.settings import get_settings
 
 # BentoML sets the root logger to WARNING; model loading and readiness are worth an INFO line.
@@ -76,4 +76,4 @@ class ModelService:
 
 
 # Framework answers (unknown paths, /readyz while not ready) become JSON objects too.
-ModelService.add_asgi_middleware(JsonErrors, skip_paths=TASK_PATHS)
+ModelService.add_asgi_middleware(JsonErrors)

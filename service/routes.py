@@ -1,11 +1,9 @@
-"""The HTTP routes: a thin layer from requests to pipelines and back.
+"""The HTTP routes: the task route table, its one handler, and the app that serves them.
 
-A FastAPI app, mounted into the BentoML service (``service.bento_service``), so that BentoML
-merges its OpenAPI document into ``/docs.json``. Handlers take the raw ``Request`` and
-validate bodies themselves with the schemas' compiled validators: FastAPI's parameter
-injection and response serialisation would double the per-request CPU (see
-docs/benchmarks.md), and the OpenAPI document is described explicitly instead. POSTs to
-the task routes skip FastAPI's middleware and router as well (:class:`ServiceApp`).
+A FastAPI app (:class:`~service.fast_path.FastPathApp`), mounted into the BentoML service
+(``service.bento_service``), so that BentoML merges its OpenAPI document into
+``/docs.json``. Every route is a :class:`~service.fast_path.FastRoute`: documented by
+FastAPI, served directly by the app (``service.fast_path`` says how and why).
 """
 
 from __future__ import annotations
@@ -13,14 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from fastapi import FastAPI, Request
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import get_route_path
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import schemas, v2
 from service.errors import (
@@ -30,11 +25,12 @@ from service.errors import (
     json_response,
     unexpected_error_handler,
 )
-from service.http import LeanRoute, registry_of
+from service.fast_path import FastPathApp
+from service.http import registry_of
 from service.metrics import exposition
 from service.middleware import BodyLimit, ConnectionRecycler
 from service.request_bodies import BodyReader, JsonBody, PictureUpload
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +83,8 @@ TASK_ROUTES: tuple[TaskRoute, ...] = (
 )
 
 # The routes whose per-request cost matters: BentoML's tracing middleware skips these
-# prefixes, and the JSON-error middleware does not wrap the task routes.
-TASK_PATHS = frozenset({*(route.path for route in TASK_ROUTES), "/metrics"})
-INFERENCE_ROUTES = [*sorted(TASK_PATHS), "/v2"]
+# prefixes (matched anywhere in the URL).
+INFERENCE_ROUTES = sorted({*(route.path for route in TASK_ROUTES), "/metrics", "/v2"})
 
 
 async def answer_task(request: Request, route: TaskRoute) -> Response:
@@ -120,50 +115,10 @@ async def metrics(_: Request) -> Response:
 # --- the app -------------------------------------------------------------------------------
 
 
-class ServiceApp(FastAPI):
-    """FastAPI, with a short path for the task routes.
-
-    FastAPI documents every route and serves all but the task routes. A POST to a task route
-    goes straight to its handler instead: FastAPI's own middleware, router and route layers
-    cost about a tenth of a small request's CPU (bench/pyspy_profile.py), and the task
-    handlers need none of them, as they parse their bodies and answer their errors
-    themselves. Middleware given to :meth:`wrap` runs on both paths.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.direct_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {}
-        self._entry: ASGIApp = self._dispatch
-
-    def route_directly(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-        self.direct_routes[path] = endpoint
-
-    def wrap(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
-        """Run ``middleware`` around every request; the last one wrapped runs first."""
-        self._entry = middleware(self._entry, **options)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._entry(scope, receive, send)
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.direct_routes.get(get_route_path(scope))
-        if endpoint is None:
-            return await super().__call__(scope, receive, send)
-        scope["app"] = self
-        request = Request(scope, receive)
-        try:
-            response = await endpoint(request)
-        except ApiError as exc:
-            response = await api_error_handler(request, exc)
-        except Exception as exc:  # a bug: still a JSON 500, as on FastAPI's path
-            response = await unexpected_error_handler(request, exc)
-        await response(scope, receive, send)
-
-
-def create_app() -> ServiceApp:
-    app = ServiceApp(
+def create_app(settings: Settings | None = None) -> FastPathApp:
+    """The service's routes, error handlers and middleware (``settings``: the process-wide ones)."""
+    settings = settings or get_settings()
+    app = FastPathApp(
         title="modelserve",
         summary="Batched ONNX Runtime inference: digit classification, CO2 forecasting, digit generation",
         version="0.1.0",
@@ -171,16 +126,14 @@ def create_app() -> ServiceApp:
         docs_url=None,
         redoc_url=None,
     )
-    app.router.route_class = LeanRoute
     errors = {
         400: {"model": schemas.ErrorResponse, "description": "invalid input"},
         **schemas.ERROR_RESPONSES,
     }
     for route in TASK_ROUTES:
-        endpoint = task_endpoint(route)
         app.add_api_route(
             route.path,
-            endpoint,
+            task_endpoint(route),
             name=route.name,
             methods=["POST"],
             response_model=route.response,
@@ -189,14 +142,12 @@ def create_app() -> ServiceApp:
             summary=route.summary,
             tags=["tasks"],
         )
-        app.route_directly(route.path, endpoint)
     app.include_router(v2.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    settings = get_settings()
-    app.wrap(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.worker_count > 1 and settings.max_connection_age_s:
-        app.wrap(ConnectionRecycler, max_age_s=settings.max_connection_age_s)
+        app.add_middleware(ConnectionRecycler, max_age_s=settings.max_connection_age_s)
     return app

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from service.errors import InvalidInput, NotFound, json_response
-from service.http import LeanRoute, guarded, registry_of
+from service.fast_path import FastRoute
+from service.http import registry_of
 from service.pipelines import Pipeline
 from service.request_bodies import parse, require_json
 from service.runtime import NUMPY_DTYPES
@@ -210,7 +211,7 @@ def encode_outputs(
 
 # --- routes --------------------------------------------------------------------------------
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=LeanRoute)
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=FastRoute)
 
 
 def _pipeline(request: Request, name: str, version: str | None) -> Pipeline:
@@ -242,9 +243,11 @@ async def server_ready(request: Request) -> Response:
     return json_response({"ready": ready}, 200 if ready else 503)
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata of a version")
-async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
+# Each route with a version has a twin without it; the twins share their operation's name.
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of a version", name="model_metadata")
+async def model_version_metadata(request: Request, name: str, version: str | None) -> Response:
     manifest = _pipeline(request, name, version).model.manifest
     return json_response(
         {
@@ -258,14 +261,25 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     )
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness of a version")
-async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+@router.get("/models/{name}", summary="Model metadata")
+async def model_metadata(request: Request, name: str) -> Response:
+    return await model_version_metadata(request, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/ready", summary="Model readiness of a version", name="model_ready"
+)
+async def model_version_ready(request: Request, name: str, version: str | None) -> Response:
     registry = registry_of(request)
     if name in registry.failures:
         return json_response({"name": name, "ready": False, "error": registry.failures[name]}, 503)
     pipeline = _pipeline(request, name, version)
     return json_response({"name": name, "version": str(pipeline.model.version), "ready": True})
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+async def model_ready(request: Request, name: str) -> Response:
+    return await model_version_ready(request, name, None)
 
 
 _INFER_DOC = {
@@ -285,12 +299,27 @@ _INFER_DOC = {
 }
 
 
-@router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_DOC)
 @router.post(
-    "/models/{name}/versions/{version}/infer", summary="Inference on a version", openapi_extra=_INFER_DOC
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference on a version",
+    openapi_extra=_INFER_DOC,
+    name="infer",
 )
-async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    return await guarded(request, _pipeline(request, name, version), _infer)
+async def infer_version(request: Request, name: str, version: str | None) -> Response:
+    return await _answer_infer(request, name, version)
+
+
+@router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_DOC)
+async def infer(request: Request, name: str) -> Response:
+    return await _answer_infer(request, name, None)
+
+
+async def _answer_infer(request: Request, name: str, version: str | None) -> Response:
+    pipeline = _pipeline(request, name, version)
+    try:
+        return await _infer(request, pipeline)
+    except Exception as exc:
+        raise pipeline.failed(exc, request.url.path) from None
 
 
 async def _infer(request: Request, pipeline: Pipeline) -> Response:
