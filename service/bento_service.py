@@ -15,7 +15,7 @@ import os
 import bentoml
 from bentoml._internal.context import server_context
 
-from service.errors import JsonErrors
+from service.middleware import JsonErrors
 from service.registry import ModelRegistry, WorkerBoard
 from service.routes import INFERENCE_ROUTES, create_app
 from service.settings import get_settings

@@ -1,4 +1,4 @@
-"""Which models this worker serves, and whether every worker is ready.
+"""Which models this worker serves, how a request finds them, and whether every worker is ready.
 
 At start-up each configured model is verified (sha256 against its manifest), loaded into
 ONNX Runtime and warmed up at every batch size. A model that fails any step is not
@@ -11,7 +11,9 @@ import logging
 import os
 from pathlib import Path
 
-from service.errors import NotFound, Unavailable
+from starlette.requests import Request
+
+from service.errors import ApiError, NotFound, Unavailable
 from service.metrics import mark_ready
 from service.pipelines import PIPELINES, Pipeline
 from service.runtime import LoadedModel, ModelLoadError, SessionConfig, choose_providers
@@ -84,6 +86,14 @@ class ModelRegistry:
     def close(self) -> None:
         for pipeline in self.pipelines.values():
             pipeline.close()
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    """The registry the service put in the app's state (503 while the service is starting)."""
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        raise ApiError("the service is starting", status=503, headers={"Retry-After": "1"})
+    return registry
 
 
 class WorkerBoard:

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import schemas, v2
+from service import open_inference, schemas
 from service.errors import (
     ApiError,
     api_error_handler,
@@ -26,9 +26,9 @@ from service.errors import (
     unexpected_error_handler,
 )
 from service.fast_path import FastPathApp
-from service.http import registry_of
 from service.metrics import exposition
 from service.middleware import BodyLimit, ConnectionRecycler
+from service.registry import registry_of
 from service.request_bodies import BodyReader, JsonBody, PictureUpload
 from service.settings import Settings, get_settings
 
@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastPathApp:
             summary=route.summary,
             tags=["tasks"],
         )
-    app.include_router(v2.router)
+    app.include_router(open_inference.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)

@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from service.errors import InvalidInput, NotFound, json_response
 from service.fast_path import FastRoute
-from service.http import registry_of
 from service.pipelines import Pipeline
+from service.registry import registry_of
 from service.request_bodies import parse, require_json
 from service.runtime import NUMPY_DTYPES
 from store_format import Manifest, TensorSpec
