@@ -23,6 +23,9 @@ The policy, in full:
   :class:`QueueTimeout` instead of being run for a client that has likely given up.
 * ``run_batch`` must return one result per item (:class:`BatchSizeMismatch` otherwise);
   an exception it raises reaches every request in that batch, and no other.
+* :meth:`Batcher.close` (at shutdown) lets running batches finish and answer their
+  callers, and fails every request still queued, or submitted later, with
+  :class:`BatcherClosed`: no request is left waiting for an answer that never comes.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ class QueueFull(Exception):
 
 class QueueTimeout(Exception):
     """The request waited in the queue longer than the queue timeout."""
+
+
+class BatcherClosed(Exception):
+    """The batcher was closed: the server is shutting down."""
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -124,6 +131,7 @@ class Batcher(Generic[Item, Result]):
         self._running: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     @property
     def queued_items(self) -> int:
@@ -133,6 +141,8 @@ class Batcher(Generic[Item, Result]):
         """Run ``items`` in one or more batches; their results, in order."""
         if not items:
             return []
+        if self._closed:
+            raise BatcherClosed("the server is shutting down")
         if self._queued_items + len(items) > self.max_queue_size:
             raise QueueFull(self._queued_items, self.max_queue_size)
         loop = asyncio.get_running_loop()
@@ -148,16 +158,21 @@ class Batcher(Generic[Item, Result]):
         return await pending.future
 
     async def close(self) -> None:
-        """Stop dispatching and fail whatever is still queued."""
-        for task in [self._dispatcher, *self._running]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop: running batches finish and answer their callers; everything still queued,
+        and everything submitted from now on, fails with :class:`BatcherClosed`."""
+        self._closed = True
+        if self._loop is not asyncio.get_running_loop():
+            return  # never used, or used on an event loop that is gone: nothing can be waiting
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        if self._running:  # they settle their own callers
+            await asyncio.gather(*self._running, return_exceptions=True)
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
-                pending.future.set_exception(QueueTimeout("the server is shutting down"))
+                pending.future.set_exception(BatcherClosed("the server is shutting down"))
         self._queued_items = 0
 
     # --- the dispatcher -------------------------------------------------------------------

@@ -71,8 +71,9 @@ class ModelService:
         return self.registry.ready and self.board.all_ready()
 
     @bentoml.on_shutdown
-    def close(self) -> None:
-        self.registry.close()
+    async def close(self) -> None:
+        # Requests still queued get a 503 now rather than no answer ever.
+        await self.registry.close()
 
 
 # Framework answers (unknown paths, /readyz while not ready) become JSON objects too.

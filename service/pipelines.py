@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from service.batcher import Batcher, BatchStats, QueueFull, QueueTimeout
+from service.batcher import Batcher, BatcherClosed, BatchStats, QueueFull, QueueTimeout
 from service.errors import ApiError, InvalidInput, PayloadTooLarge, Unavailable
 from service.images import png_from_digit
 from service.metrics import ModelMetrics
@@ -126,8 +126,8 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
                 {"model": self.model.name},
                 retry_after_s=exc.retry_after_s,
             ) from None
-        except QueueTimeout as exc:
-            self.metrics.error(503)
+        except (QueueTimeout, BatcherClosed) as exc:
+            # Counted with the route's other errors, by failed(): once.
             raise Unavailable(f"{self.model.name}: {exc}", {"model": self.model.name}) from None
         self.metrics.request_done()
         return results
@@ -157,9 +157,11 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
             assert len(results) == n, f"warm-up at batch {n} gave {len(results)} results"
         return sizes
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """At shutdown: running batches finish, queued requests are answered 503."""
+        await self.batcher.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=False)
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.batch_done(stats, self.batcher.queued_items)

@@ -83,9 +83,10 @@ class ModelRegistry:
             )
         raise NotFound(f"unknown model {name!r}", {"model": name, "available": sorted(self.pipelines)})
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """At shutdown: every model answers what it still holds (see :meth:`Pipeline.close`)."""
         for pipeline in self.pipelines.values():
-            pipeline.close()
+            await pipeline.close()
 
 
 def registry_of(request: Request) -> ModelRegistry:

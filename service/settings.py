@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     batch_overrides: dict[str, BatchPolicy] = {}
     # Largest request body accepted (413 beyond it).
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    # Most items (images, rows, labels) in one request (400 beyond it).
+    # Most items (images, rows, labels) in one request (413 beyond it).
     max_items_per_request: int = Field(1024, ge=1)
     # Longest forecaster history row accepted (0 = the model's recommended maximum).
     max_series_length: int = Field(0, ge=0)

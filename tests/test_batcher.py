@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import Batcher, BatchSizeMismatch, QueueFull, QueueTimeout
+from service.batcher import Batcher, BatcherClosed, BatchSizeMismatch, QueueFull, QueueTimeout
 
 # A safety net for tests that would otherwise hang on a bug; not a speed measurement.
 GUARD_S = 10
@@ -247,3 +247,28 @@ def test_batches_overlap_up_to_the_concurrency_limit():
 
     assert run(scenario()) == ([0], [10], [20, 30])
     assert model.batches == [[0], [1], [2, 3]]
+
+
+def test_closing_lets_the_running_batch_finish_and_answers_everything_queued():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = Batcher(model, max_batch_size=2, executor=ThreadPoolExecutor(1))
+        model.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([0]))
+        await wait_for_thread_event(model.entered)
+        queued = [asyncio.ensure_future(batcher.submit([i])) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done(), "close() returned while a batch was still running"
+        model.gate.set()
+        await closing
+        with pytest.raises(BatcherClosed):
+            await batcher.submit([4])  # nothing new is taken after close
+        return await asyncio.gather(running, *queued, return_exceptions=True)
+
+    first, *queued = run(scenario())
+    assert first == [0]
+    assert all(isinstance(outcome, BatcherClosed) for outcome in queued), queued
+    assert model.batches == [[0]]

@@ -40,7 +40,7 @@ def registry() -> Iterator[ModelRegistry]:
     settings = Settings(model_store=COMMITTED_STORE, models=["classifier"], workers=1)
     registry = ModelRegistry.load(settings)
     yield registry
-    registry.close()
+    asyncio.run(registry.close())
 
 
 @pytest.fixture
