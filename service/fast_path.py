@@ -1,11 +1,11 @@
 """The service's one fast path: FastAPI documents the routes, and the app serves them directly.
 
-Why: on a small request, FastAPI's own request path (its middleware stack, the router
-trying each route's pattern in turn, and each route's parameter solving and response
-serialisation) costs more CPU than the service's code and the model together
-(docs/benchmarks.md). The service's endpoints need none of it: they take the ``Request``
-and its path parameters, read and validate their bodies themselves
-(``service.request_bodies``), and return a ready ``Response``.
+Why: on a small request, FastAPI's parameter solving and response serialisation would
+double the CPU a request costs, and its middleware stack, its router (which tries each
+route's pattern in turn) and its route layer cost about a tenth more (measured with
+bench/pyspy_profile.py; see docs/benchmarks.md). The service's endpoints need none of it:
+they take the ``Request`` and its path parameters, read and validate their bodies
+themselves (``service.request_bodies``), and return a ready ``Response``.
 
 How, in full:
 

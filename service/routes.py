@@ -8,7 +8,6 @@ FastAPI, served directly by the app (``service.fast_path`` says how and why).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -31,8 +30,6 @@ from service.middleware import BodyLimit, ConnectionRecycler
 from service.registry import registry_of
 from service.request_bodies import BodyReader, JsonBody, PictureUpload
 from service.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
