@@ -15,10 +15,11 @@ import os
 import bentoml
 from bentoml._internal.context import server_context
 
+from service.metrics import record_runtime
 from service.middleware import JsonErrors
 from service.registry import ModelRegistry, WorkerBoard
 from service.routes import INFERENCE_ROUTES, create_app
-from service.settings import get_settings
+from service.settings import cpu_budget, get_settings
 
 # BentoML sets the root logger to WARNING; model loading and readiness are worth an INFO line.
 logging.getLogger("service").setLevel(logging.INFO)
@@ -57,6 +58,27 @@ class ModelService:
         )
         app.state.registry = self.registry
         app.state.is_ready = self.__is_ready__
+        self._record_sizing()
+
+    def _record_sizing(self) -> None:
+        """Say how this server was sized, in the log and in /metrics (modelserve_runtime_info)."""
+        budget = cpu_budget()
+        providers = ",".join(sorted({p.model.provider for p in self.registry.pipelines.values()})) or "none"
+        log.info(
+            "worker %s of %d: %d intra-op thread(s) per session on %s; CPU budget %g (%s; quota %s, "
+            "affinity %d)",
+            server_context.worker_index,
+            settings.worker_count,
+            settings.threads_per_session,
+            providers,
+            budget.cpus,
+            budget.source,
+            "none" if budget.quota_cpus is None else f"{budget.quota_cpus:g}",
+            budget.affinity_cpus,
+        )
+        record_runtime(
+            settings.worker_count, settings.threads_per_session, providers, budget.cpus, budget.source
+        )
 
     @bentoml.on_startup
     def settle(self) -> None:

@@ -74,6 +74,14 @@ READY = Gauge(
     multiprocess_mode="livemax",
 )
 
+RUNTIME = Gauge(
+    f"{_NS}_runtime_info",
+    "1, labelled with how this server was sized: workers, ONNX Runtime intra-op threads per session, "
+    "execution provider, and the CPUs the process may use (cgroup quota or affinity)",
+    ["workers", "intra_op_threads", "provider", "cpus", "cpu_source"],
+    multiprocess_mode="livemax",
+)
+
 
 class ModelMetrics:
     """The metric children of one model, bound once so the hot path does no label lookups."""
@@ -110,6 +118,11 @@ class ModelMetrics:
 
     def padded_fraction(self, fraction: float) -> None:
         self._padded.observe(fraction)
+
+
+def record_runtime(workers: int, intra_op_threads: int, provider: str, cpus: float, cpu_source: str) -> None:
+    """One series for the whole server: every worker sets the same labels."""
+    RUNTIME.labels(str(workers), str(intra_op_threads), provider, f"{cpus:g}", cpu_source).set(1)
 
 
 def mark_ready(model: str, version: int) -> None:

@@ -16,7 +16,6 @@ subclass here, its task's line in :data:`PIPELINES`, and its route's line in
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from service.images import png_from_digit
 from service.metrics import ModelMetrics
 from service.runtime import LoadedModel
 from service.schemas import ClassifyRequest, ForecastRequest, GenerateRequest, UploadedDigit
-from service.settings import BatchPolicy, Settings
+from service.settings import BatchPolicy, Settings, cpu_budget
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
         self.metrics = ModelMetrics(model.name)
         policy: BatchPolicy = settings.batch_policy(model.name)
         in_thread = self.run_in_thread_by_default if policy.run_in_thread is None else policy.run_in_thread
-        concurrency = (policy.max_concurrent_batches or os.cpu_count() or 1) if in_thread else 1
+        concurrency = (policy.max_concurrent_batches or cpu_budget().workers) if in_thread else 1
         self._executor = (
             ThreadPoolExecutor(concurrency, thread_name_prefix=f"ort-{model.name}") if in_thread else None
         )

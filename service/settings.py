@@ -7,7 +7,6 @@ at start-up, and a bad one stops the server with a message that says how to fix 
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
+
+from service.cpu_budget import CpuBudget, detect_cpu_budget
 
 
 class BatchPolicy(BaseModel):
@@ -122,13 +123,20 @@ class Settings(BaseSettings):
 
     @property
     def worker_count(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+        """MODELSERVE_WORKERS, or one worker per whole CPU the process may use (cgroup quota,
+        affinity): a pod limited to 1 CPU on a 64-core node starts one worker, not 64."""
+        return self.workers or cpu_budget().workers
 
     @property
     def threads_per_session(self) -> int:
-        if self.intra_op_threads:
-            return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.worker_count)
+        """MODELSERVE_INTRA_OP_THREADS, or the whole CPUs shared evenly over the workers."""
+        return self.intra_op_threads or cpu_budget().threads_per_worker(self.worker_count)
+
+
+@lru_cache(maxsize=1)
+def cpu_budget() -> CpuBudget:
+    """The CPUs this process may really use, read once (see service/cpu_budget.py)."""
+    return detect_cpu_budget()
 
 
 class SettingsError(RuntimeError):
