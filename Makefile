@@ -27,7 +27,7 @@ $(VENV)/.bench-$(ORT): pyproject.toml | $(BIN)/python
 
 ## serve: install the service and serve model_store/ on http://127.0.0.1:$(PORT)
 serve: $(VENV)/.serve-$(ORT)
-	$(BIN)/bentoml serve --port $(PORT)
+	$(BIN)/bentoml serve --host 127.0.0.1 --port $(PORT)
 
 ## test: install what the tests need and run them
 test: $(VENV)/.test-$(ORT)
@@ -51,6 +51,54 @@ bench: $(VENV)/.bench-$(ORT)
 ## loadtest: Locust against a running `make serve` (stops by itself after 80 s)
 loadtest: $(VENV)/.bench-$(ORT)
 	$(BIN)/locust -f loadtests/locustfile.py --host http://127.0.0.1:$(PORT) --headless --only-summary
+
+# ---- The container image (docs/container.md) ----
+VERSION        := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE          ?= localhost/modelserve
+# Podman's storage and configuration for this repository, never the machine's own.
+CONTAINERS_DIR ?= $(CURDIR)/.containers
+container-host image image-test image-gpu: export CONTAINERS_DIR := $(CONTAINERS_DIR)
+container-host image image-test image-gpu: export CONTAINERS_STORAGE_CONF := $(CONTAINERS_DIR)/storage.conf
+container-host image image-test image-gpu: export CONTAINERS_CONF := $(CONTAINERS_DIR)/containers.conf
+
+.PHONY: container-host image image-test image-gpu lock lock-check lint-docker
+
+# The service and the dev tools (uv, hadolint, httpx, tritonclient): what the image targets run.
+$(VENV)/.dev-$(ORT): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[$(ORT),dev]"
+	touch $@
+
+# podman, buildah, runc and debootstrap from Debian's packages when missing, and the private
+# podman configuration in $(CONTAINERS_DIR).
+container-host:
+	container/host-setup.sh
+
+## image: build localhost/modelserve:$(VERSION) and :latest, dist/modelserve-cpu.oci.tar and .sbom.json
+image: container-host $(VENV)/.serve-$(ORT)
+	container/base-image.sh
+	BENTOML=$(BIN)/bentoml PYTHON=$(BIN)/python IMAGE=$(IMAGE) container/build.sh
+
+## image-test: run the built image on one CPU and check it end to end; the container is always removed
+image-test: container-host $(VENV)/.dev-$(ORT)
+	name=modelserve-image-test-$$$$; \
+	trap 'podman rm --force --ignore '"$$name"' >/dev/null 2>&1' EXIT; \
+	$(BIN)/python container/image_test.py --image $(IMAGE):$(VERSION) --name $$name
+
+## image-gpu: the CUDA image, $(IMAGE):$(VERSION)-gpu; needs a registry serving nvidia/cuda images
+image-gpu: container-host $(VENV)/.serve-$(ORT)
+	BENTOML=$(BIN)/bentoml PYTHON=$(BIN)/python IMAGE=$(IMAGE) VARIANT=gpu container/build.sh
+
+## lock: regenerate container/requirements-*.lock (pinned, with hashes) from pyproject.toml
+lock: $(VENV)/.dev-$(ORT)
+	UV=$(BIN)/uv PYTHON=$(BIN)/python container/lock.sh
+
+## lock-check: fail if a lock file is not current with pyproject.toml
+lock-check: $(VENV)/.dev-$(ORT)
+	UV=$(BIN)/uv PYTHON=$(BIN)/python container/lock.sh --check
+
+## lint-docker: hadolint over the CPU and GPU Dockerfiles
+lint-docker: $(VENV)/.dev-$(ORT)
+	$(BIN)/hadolint --no-color container/Dockerfile container/Dockerfile.gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
