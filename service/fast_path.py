@@ -168,15 +168,26 @@ class FastPathApp(FastAPI):
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route, path_params = self._match(get_route_path(scope), scope["method"])
+            path, method = get_route_path(scope), scope["method"]
+            by_method = self._fixed.get(path)
+            if by_method is not None:
+                route, path_params = by_method.get(method), _NO_PATH_PARAMS
+            else:
+                route, path_params = self._match_pattern(path, method)
             if route is not None:
-                return await self.serve(route, path_params, scope, receive, send)
+                # serve(), written out: the request path is a coroutine shorter.
+                request = Request(scope, receive)
+                try:
+                    response = await route.endpoint(request, **path_params)
+                except Exception as exc:
+                    handler = self.exception_handler_for(exc)
+                    if handler is None:
+                        raise
+                    response = await handler(request, exc)
+                return await response(scope, receive, send)
         await self._fastapi(scope, receive, send)  # type: ignore[misc]
 
-    def _match(self, path: str, method: str) -> tuple[FastRoute | None, dict[str, Any]]:
-        by_method = self._fixed.get(path)
-        if by_method is not None:
-            return by_method.get(method), _NO_PATH_PARAMS
+    def _match_pattern(self, path: str, method: str) -> tuple[FastRoute | None, dict[str, Any]]:
         for route in self._patterns.get(method, ()):
             match = route.path_regex.match(path)
             if match is not None:

@@ -84,24 +84,20 @@ TASK_ROUTES: tuple[TaskRoute, ...] = (
 INFERENCE_ROUTES = sorted({*(route.path for route in TASK_ROUTES), "/metrics", "/v2"})
 
 
-async def answer_task(request: Request, route: TaskRoute) -> Response:
-    """The handler of every task route: read the body, then one call into the model's pipeline."""
-    pipeline = registry_of(request).pipeline(route.model)
-    try:
-        body = await route.body.read(request)
-        return json_response(await pipeline.answer(body))
-    except Exception as exc:
-        raise pipeline.failed(exc, request.url.path) from None
-
-
 def task_endpoint(route: TaskRoute) -> Callable[[Request], Awaitable[Response]]:
-    """``answer_task`` bound to ``route``, as the endpoint FastAPI documents."""
+    """The one handler of every task route, bound to ``route``: FastAPI documents it per route."""
+    model, read_body = route.model, route.body.read
 
-    async def endpoint(request: Request) -> Response:
-        # (No docstring: FastAPI would publish it as the route's description.)
-        return await answer_task(request, route)
+    async def answer_task(request: Request) -> Response:
+        # Read the body, then one call into the model's pipeline. (No docstring: FastAPI would
+        # publish it as every task route's description.)
+        pipeline = registry_of(request).pipeline(model)
+        try:
+            return json_response(await pipeline.answer(await read_body(request)))
+        except Exception as exc:
+            raise pipeline.failed(exc, request.url.path) from None
 
-    return endpoint
+    return answer_task
 
 
 async def metrics(_: Request) -> Response:
