@@ -1,87 +1,317 @@
-"""Load scenarios for the service, for Locust.
+"""Load tests for the service, for Locust. docs/loadtesting.md is the full guide.
 
-Usage (the service must be running, e.g. ``make serve``)::
+With the service running (``make serve``)::
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:3000 --headless --csv runs/locust
+    locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s          # plain Locust
+    locust -f loadtests/locustfile.py --headless --shape step --max-p99-ms 150
+    locust -f loadtests/locustfile.py --headless -u 8 -t 30s --tags v2-binary
+    locust -f loadtests/locustfile.py                                       # web UI
 
-Users mix the endpoints the way a client fleet might: mostly single-image classification, some
-forecasts of 300-500 weekly points, some generation, and V2 ``infer`` calls that share batches with
-the task endpoints. Every answer is checked, not just its status: a 200 with the wrong shape is a
-failure. The ``StepLoad`` shape drives every run: 8, 16, 32 then 64 users, 20 s each, then the
-run stops by itself (80 s, bounded whatever the command line says).
+Simulated clients mix the service's workloads; each is tagged, so ``--tags`` runs one alone:
+
+=================  ======  ====================================================================
+tag                weight  requests
+=================  ======  ====================================================================
+``classify``       6       ``POST /classify``: one digit (85%) or 2-8 digits as JSON arrays
+``classify-image`` 2       ``POST /classify_image``: a PNG upload, 16 to 200 pixels square
+``forecast``       3       ``POST /forecast``: one CO2 history (80%) or 2-4, 104 weeks up to
+                           the longest row the forecaster accepts
+``generate``       2       ``POST /generate``: 1-4 digits, as PNG (half) or arrays
+``v2-json``        3       ``infer`` on the classifier (2) and the forecaster (1), JSON tensors
+``v2-binary``      4       ``infer`` on the classifier (2), forecaster (1) and generator (1)
+                           with the binary tensor extension, as ``tritonclient.http`` sends it
+=================  ======  ====================================================================
+
+Every answer is checked: status, shape, plausible values, and agreement with the earlier
+answer for the same input (checks.py). ``--max-p99-ms`` and ``--max-fail-ratio`` turn the
+run into a gate (exit code 1 and a one-line verdict); ``--shape`` picks a bounded load
+shape. ``locust --help`` lists these options under "modelserve load test".
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import urllib.request
+from collections.abc import Callable
 
-import numpy as np
-from locust import FastHttpUser, LoadTestShape, between, task
+import orjson
+from locust import FastHttpUser, LoadTestShape, events, tag, task
+from locust import log as locust_log
+from locust.runners import MasterRunner, WorkerRunner
+from locust.user.wait_time import constant_throughput
+from modelserve_locust import checks, options, payloads, records, shapes
+from modelserve_locust.gate import Measured, Verdict, judge
 
-RNG = np.random.default_rng(0)
-DIGITS = (RNG.uniform(0, 16, size=(256, 8, 8))).round(1).tolist()
-SERIES = [
-    (330 + 0.03 * np.arange(n) + 3 * np.sin(2 * np.pi * np.arange(n) / 52.18)).round(2).tolist()
-    for n in RNG.integers(300, 501, size=64)
-]
+logger = logging.getLogger(__name__)
+
+REFERENCES = checks.References()
+records.write_last_rows_on_close()
+JSON = {"Content-Type": "application/json"}
+
+
+def load_pools(host: str) -> payloads.Pools:
+    """The input pools, sized to what the served models take (read from their V2 metadata)."""
+    try:
+        forecaster = _metadata(host, "forecaster")
+        generator = _metadata(host, "generator")
+        limits = payloads.ForecasterLimits.from_metadata(forecaster)
+        latent_dim = next(t["shape"][-1] for t in generator["inputs"] if t["name"] == "latent")
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        limits, latent_dim = payloads.ForecasterLimits(), 32
+        logger.warning("model metadata unavailable at %s (%s); assuming %s", host, exc, limits)
+    return payloads.pools(limits, latent_dim)
+
+
+def _metadata(host: str, model: str) -> dict:
+    with urllib.request.urlopen(f"{host}/v2/models/{model}", timeout=10) as answer:
+        return orjson.loads(answer.read())
 
 
 class ServiceUser(FastHttpUser):
-    wait_time = between(0.0, 0.01)
+    """One client of the service, sending ``--rate-per-user`` requests per second."""
 
-    @task(8)
+    host = "http://127.0.0.1:3000"  # `make serve`; --host overrides it
+
+    def on_start(self) -> None:
+        self.pools = Run.pools or load_pools(self.host)
+        rate = getattr(self.environment.parsed_options, "rate_per_user", options.DEFAULT_RATE_PER_USER)
+        self._pace = constant_throughput(rate) if rate and rate > 0 else (lambda _user: 0.0)
+
+    def wait_time(self) -> float:
+        return self._pace(self)
+
+    def call(
+        self, path: str, body: bytes, headers: dict[str, str], check: Callable, name: str | None = None
+    ) -> None:
+        """POST ``body``; the request fails unless ``check(response)`` finds the answer right."""
+        with self.client.post(path, data=body, headers=headers, name=name, catch_response=True) as response:
+            try:
+                checks.status(response.status_code, response.content)
+                check(response)
+            except checks.WrongAnswer as wrong:
+                response.failure(str(wrong))
+            except Exception as exc:  # a check that cannot read the answer: still the answer's fault
+                response.failure(f"unreadable answer: {type(exc).__name__}")
+
+    # --- task endpoints ---------------------------------------------------------------------
+
+    @tag("classify")
+    @task(6)
     def classify(self) -> None:
-        with self.client.post(
-            "/classify", json={"images": [random.choice(DIGITS)]}, catch_response=True
-        ) as r:
-            body = r.json() if r.status_code == 200 else None
-            if body is None:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
-            elif len(body.get("labels", [])) != 1 or len(body["probabilities"][0]) != 10:
-                r.failure(f"malformed answer: {r.text[:200]}")
+        indices = random.sample(
+            range(payloads.DIGIT_POOL), 1 if random.random() < 0.85 else random.randint(2, 8)
+        )
+        self.call(
+            "/classify",
+            self.pools.classify_body(indices),
+            JSON,
+            lambda r: checks.classify(r.content, indices, REFERENCES),
+        )
 
+    @tag("classify-image")
+    @task(2)
+    def classify_image(self) -> None:
+        index = random.randrange(payloads.PICTURE_POOL)
+        body, content_type = self.pools.pictures[index]
+        self.call(
+            "/classify_image",
+            body,
+            {"Content-Type": content_type},
+            lambda r: checks.classify_image(r.content, index, REFERENCES),
+        )
+
+    @tag("forecast")
     @task(3)
     def forecast(self) -> None:
-        with self.client.post(
-            "/forecast", json={"series": [random.choice(SERIES)]}, catch_response=True
-        ) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
-            elif len(r.json().get("forecasts", [])) != 1:
-                r.failure(f"malformed answer: {r.text[:200]}")
+        indices = random.sample(
+            range(payloads.HISTORY_POOL), 1 if random.random() < 0.8 else random.randint(2, 4)
+        )
+        self.call(
+            "/forecast",
+            self.pools.forecast_body(indices),
+            JSON,
+            lambda r: checks.forecast(r.content, indices, self.pools, REFERENCES),
+        )
 
-    @task(1)
-    def generate(self) -> None:
-        labels = random.sample(range(10), 4)
-        with self.client.post(
-            "/generate", json={"labels": labels, "seed": random.randrange(1000)}, catch_response=True
-        ) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
-            elif len(r.json().get("images", [])) != 4:
-                r.failure(f"malformed answer: {r.text[:200]}")
-
+    @tag("generate")
     @task(2)
-    def v2_classify(self) -> None:
-        data = np.ravel(random.choice(DIGITS)).tolist()
-        body = {"inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": data}]}
-        with self.client.post(
-            "/v2/models/classifier/infer", json=body, name="/v2/models/classifier/infer", catch_response=True
-        ) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
-            elif r.json()["outputs"][0]["shape"] != [1, 10]:
-                r.failure(f"malformed answer: {r.text[:200]}")
+    def generate(self) -> None:
+        labels = random.sample(range(10), random.randint(1, 4))
+        seed, form = random.randrange(64), random.choice(("png", "array"))
+        body = orjson.dumps({"labels": labels, "seed": seed, "format": form})
+        self.call(
+            "/generate", body, JSON, lambda r: checks.generate(r.content, labels, seed, form, REFERENCES)
+        )
+
+    # --- Open Inference Protocol, JSON tensors ------------------------------------------------
+
+    @tag("v2-json")
+    @task(2)
+    def v2_json_classifier(self) -> None:
+        indices = random.sample(range(payloads.DIGIT_POOL), random.randint(1, 4))
+        body = payloads.v2_json_body([self.pools.images_tensor(indices)])
+        self.infer("classifier", body, None, lambda out: checks.v2_classifier(out, indices, REFERENCES))
+
+    @tag("v2-json")
+    @task(1)
+    def v2_json_forecaster(self) -> None:
+        indices = random.sample(range(payloads.HISTORY_POOL), random.randint(1, 2))
+        body = payloads.v2_json_body(self.pools.history_tensors(indices))
+        self.infer(
+            "forecaster", body, None, lambda out: checks.v2_forecaster(out, indices, self.pools, REFERENCES)
+        )
+
+    # --- Open Inference Protocol, binary tensor extension -------------------------------------
+
+    @tag("v2-binary")
+    @task(2)
+    def v2_binary_classifier(self) -> None:
+        indices = random.sample(range(payloads.DIGIT_POOL), random.randint(1, 4))
+        body, header_length = payloads.v2_binary_body([self.pools.images_tensor(indices)])
+        self.infer(
+            "classifier", body, header_length, lambda out: checks.v2_classifier(out, indices, REFERENCES)
+        )
+
+    @tag("v2-binary")
+    @task(1)
+    def v2_binary_forecaster(self) -> None:
+        indices = random.sample(range(payloads.HISTORY_POOL), random.randint(1, 2))
+        body, header_length = payloads.v2_binary_body(self.pools.history_tensors(indices))
+        self.infer(
+            "forecaster",
+            body,
+            header_length,
+            lambda out: checks.v2_forecaster(out, indices, self.pools, REFERENCES),
+        )
+
+    @tag("v2-binary")
+    @task(1)
+    def v2_binary_generator(self) -> None:
+        index = random.randrange(payloads.LATENT_POOL)
+        tensors = self.pools.generator_tensors(index)
+        body, header_length = payloads.v2_binary_body(tensors)
+        n = len(tensors[0].array)
+        self.infer(
+            "generator", body, header_length, lambda out: checks.v2_generator(out, index, n, REFERENCES)
+        )
+
+    def infer(self, model: str, body: bytes, header_length: int | None, check: Callable) -> None:
+        """A V2 ``infer`` call: JSON when ``header_length`` is None, else the binary extension."""
+        binary = header_length is not None
+        headers = {"Inference-Header-Content-Length": str(header_length)} if binary else JSON
+        self.call(
+            f"/v2/models/{model}/infer",
+            body,
+            headers,
+            lambda r: check(
+                checks.v2(r.content, r.headers.get("Inference-Header-Content-Length"), model, binary)
+            ),
+            name=f"/v2/models/{model}/infer [{'binary' if binary else 'json'}]",
+        )
 
 
-class StepLoad(LoadTestShape):
-    """8, 16, 32, then 64 users, 20 s each; then the test stops by itself."""
+class SelectedShape(LoadTestShape):
+    """The shape chosen with ``--shape``; with ``--shape none`` the run has no shape at all."""
 
-    steps = (8, 16, 32, 64)
-    step_seconds = 20
+    use_common_options = True  # -u/-r/-t apply with --shape none; the others say so themselves
+    plan: shapes.Plan | None = None
 
     def tick(self) -> tuple[int, float] | None:
-        step = int(self.get_run_time() // self.step_seconds)
-        if step >= len(self.steps):
-            return None
-        return self.steps[step], self.steps[step]
+        return self.plan.at(self.get_run_time()) if self.plan else None
+
+
+# --- wiring into Locust's events -------------------------------------------------------------
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser, **_kwargs) -> None:
+    options.register(parser)
+
+
+class Run:
+    """What the master (or the only process) keeps for the verdict and the result files."""
+
+    pools: payloads.Pools | None = None  # in every process that runs users
+    records: records.RunRecords | None = None
+    cpu: records.LocustCpu | None = None
+    verdict: Verdict | None = None
+
+
+@events.init.add_listener
+def _on_init(environment, **_kwargs) -> None:
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    opts = environment.parsed_options
+    _choose_shape(environment, opts)
+    Run.records = records.RunRecords(environment)
+    Run.cpu = records.LocustCpu(environment.runner)
+    Run.cpu.start()
+    if Run.records.folder:
+        logger.info("results: %s", Run.records.folder)
+
+
+def _choose_shape(environment, opts) -> None:
+    if opts.shape == "none":
+        environment.shape_class = None
+        return
+    plan = shapes.plan(opts.shape, opts.shape_users, opts.shape_seconds)
+    if environment.shape_class is not None:
+        environment.shape_class.plan = plan
+    ignored = [
+        flag
+        for flag, value in (("-u", opts.num_users), ("-r", opts.spawn_rate), ("-t", opts.run_time))
+        if value
+    ]
+    if ignored:
+        logger.warning("%s ignored: --shape %s sets users and time itself", ", ".join(ignored), opts.shape)
+    logger.info(plan.describe())
+
+
+@events.test_start.add_listener
+def _prepare_inputs(environment, **_kwargs) -> None:
+    """Draw the input pools before users start, so that their cost is not the load's."""
+    if not isinstance(environment.runner, MasterRunner):
+        Run.pools = load_pools(environment.host or ServiceUser.host)
+        if Run.cpu is not None:
+            Run.cpu.start()  # afresh: drawing the pools is not load generation
+
+
+@events.quitting.add_listener
+def _judge(environment, **_kwargs) -> None:
+    """Decide the verdict before Locust picks its exit code."""
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    total = environment.runner.stats.total
+    measured = Measured(
+        total.num_requests, total.num_failures, total.get_response_time_percentile(0.99) or 0.0
+    )
+    opts = environment.parsed_options
+    Run.verdict = judge(measured, opts.max_p99_ms, opts.max_fail_ratio)
+    if not Run.verdict.passed:
+        environment.process_exit_code = 1
+    elif not environment.runner.exceptions and not locust_log.unhandled_greenlet_exception:
+        environment.process_exit_code = 0  # failures within --max-fail-ratio are allowed
+
+
+@events.quit.add_listener
+def _report(**_kwargs) -> None:
+    """After Locust's own summary: Locust's CPU, then the verdict as the last line."""
+    if Run.verdict is None or Run.cpu is None or Run.records is None:
+        return
+    Run.cpu.stop()
+    opts = Run.records.environment.parsed_options
+    Run.records.finish(
+        Run.cpu,
+        {
+            **Run.verdict.to_dict(),
+            "shape": opts.shape,
+            "tags": opts.tags,
+            "rate_per_user": opts.rate_per_user,
+            "locust_cpu": Run.cpu.summary(),
+        },
+    )
+    print(Run.cpu.line())
+    if Run.records.folder:
+        print(f"Results: {Run.records.folder}")
+    print(Run.verdict.line, flush=True)

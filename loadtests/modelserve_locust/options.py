@@ -1,0 +1,69 @@
+"""The command-line options this locustfile adds to Locust's own (``locust --help`` lists them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .shapes import DEFAULT_PEAK_USERS, DEFAULT_SECONDS, SHAPES
+
+DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+# Each simulated user sends this many requests per second (if the answers come back in
+# time): a user is a client with its own pace, so the offered load is users x rate.
+DEFAULT_RATE_PER_USER = 10.0
+
+
+def register(parser) -> None:
+    """Add the options to Locust's parser (the ``init_command_line_parser`` event)."""
+    group = parser.add_argument_group("modelserve load test", "Options of loadtests/locustfile.py")
+    group.add_argument(
+        "--shape",
+        choices=[*SHAPES, "none"],
+        default="none",
+        help="Load shape: 'step', 'ramp' and 'spike' run for a fixed time with at most --shape-users "
+        "users, ignoring -u, -r and -t; 'none' (default) obeys -u, -r and -t as plain Locust does",
+    )
+    group.add_argument(
+        "--shape-users",
+        type=int,
+        default=None,
+        help=f"Peak users of the step, ramp and spike shapes (default {DEFAULT_PEAK_USERS})",
+    )
+    group.add_argument(
+        "--shape-seconds",
+        type=float,
+        default=None,
+        help="Length of the step, ramp and spike shapes in seconds (default "
+        + ", ".join(f"{name} {seconds:g}" for name, seconds in DEFAULT_SECONDS.items())
+        + ")",
+    )
+    group.add_argument(
+        "--rate-per-user",
+        type=float,
+        default=DEFAULT_RATE_PER_USER,
+        help=f"Requests per second each user sends (default {DEFAULT_RATE_PER_USER:g}); 0: no wait at all",
+    )
+    group.add_argument(
+        "--max-p99-ms",
+        type=float,
+        default=None,
+        help="Fail the run (exit code 1) if the p99 response time over all requests exceeds this "
+        "(default: no bound)",
+    )
+    group.add_argument(
+        "--max-fail-ratio",
+        type=float,
+        default=0.0,
+        help="Fail the run (exit code 1) if more than this fraction of requests fail (default 0)",
+    )
+    group.add_argument(
+        "--results-dir",
+        default=str(DEFAULT_RESULTS_DIR),
+        help="Headless runs given neither --csv nor --html write Locust's CSV files (full history) and "
+        "HTML report into a new <results-dir>/<date-time>/ folder (default loadtests/results)",
+    )
+    group.add_argument(
+        "--no-results",
+        action="store_true",
+        default=False,
+        help="Write no result files unless --csv or --html ask for them",
+    )
