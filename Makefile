@@ -46,7 +46,7 @@ format: $(VENV)/.test-$(ORT)
 
 ## bench: server vs bare FastAPI vs in-process ONNX Runtime (writes docs/benchmarks.md)
 bench: $(VENV)/.bench-$(ORT)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench
 
 ## loadtest: Locust against a running `make serve` (stops by itself after 80 s)
 loadtest: $(VENV)/.bench-$(ORT)

@@ -1,26 +1,31 @@
 #!/usr/bin/env python3
 """Where a server's CPU goes under load: py-spy on every worker while wrk drives one cell.
 
-Starts the server like bench/run.py does, warms it up, then samples each serving process
-with ``py-spy record --format raw`` for the length of one wrk run, and prints the samples
-by area (the file of the innermost frame), the busiest functions counted inclusively, and
-the split between threads. Needs py-spy (``pip install py-spy``) and ptrace rights.
+Starts the server as the benchmark does (``bench.servers``), warms it up, then samples each
+serving process with ``py-spy record --format raw`` for the length of one wrk run, and prints
+the samples by area (the file of the innermost frame), the busiest functions counted
+inclusively, and the split between threads. Needs py-spy (``pip install py-spy``) and ptrace
+rights.
 
-    python bench/pyspy_profile.py --endpoint classify --concurrency 64
-    python bench/pyspy_profile.py --server baseline --endpoint forecast --native
+    python -m bench.pyspy_profile --endpoint classify --concurrency 64
+    python -m bench.pyspy_profile --server baseline_2w --endpoint forecast --native
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import run  # bench/run.py, next to this file
+from bench import ROOT
+from bench.measure import run_wrk
+from bench.servers import parse_env, running, start_baseline, start_service
+from bench.workload import ENDPOINTS, prepare
 
 AREAS = [  # (area, substrings of the innermost frame's file); first match wins
     ("ONNX Runtime session.run", ("onnxruntime/",)),
@@ -71,6 +76,8 @@ WAITING = (
     "Runner.run (asyncio/runners.py)",
     "run_forever (asyncio/base_events.py)",
     "asyncio_run (uvicorn/_compat.py)",
+    # uvicorn's multi-worker health check: each worker's thread waits for the supervisor's ping
+    "Connection._recv (multiprocessing/connection.py)",
 )
 
 
@@ -131,9 +138,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--store", type=Path, default=run.ROOT / "model_store")
-    parser.add_argument("--server", choices=["service", "baseline"], default="service")
-    parser.add_argument("--endpoint", choices=run.ENDPOINTS, default="classify")
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--server", choices=["service", "baseline", "baseline_2w"], default="service")
+    parser.add_argument("--endpoint", choices=ENDPOINTS, default="classify")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
@@ -146,13 +153,14 @@ def main() -> None:
     args.store = args.store.resolve()
     workdir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     try:
-        setup = argparse.Namespace(store=args.store, seed=0, in_process_threads=1)
-        _, _, files, _ = run.prepare(setup, workdir)
-        env = run.service_env(args.store, run.parse_env(args.env))
-        command = run.bentoml_command if args.server == "service" else run.baseline_command(args.store, 1)
-        with run.running(args.server, command, env) as server:
+        files = prepare(args.store, seed=0, threads=1, workdir=workdir).files
+        if args.server == "service":
+            start = functools.partial(start_service, "service", args.store, parse_env(args.env))
+        else:
+            start = functools.partial(start_baseline, args.server, args.store, 1)
+        with running(start) as server:
             url = f"{server.url}/{args.endpoint}"
-            run.run_wrk(url, files[args.endpoint], args.concurrency, 3, 1)
+            run_wrk(url, files[args.endpoint], args.concurrency, 3, 1)
             spies = []
             for pid in server.worker_pids():
                 out = workdir / f"{pid}.txt"
@@ -176,7 +184,7 @@ def main() -> None:
                     cmd.append("--native")
                 spies.append((out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
             cpu0 = server.cpu_s()
-            w = run.run_wrk(url, files[args.endpoint], args.concurrency, args.duration, 1)
+            w = run_wrk(url, files[args.endpoint], args.concurrency, args.duration, 1)
             cpu = server.cpu_s() - cpu0
             for _, spy in spies:
                 if spy.wait(timeout=60) != 0:

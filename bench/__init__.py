@@ -1,0 +1,25 @@
+"""The benchmark: the service against bare FastAPI servers and in-process ONNX Runtime, in one run.
+
+Run it with ``python -m bench`` (``--help`` for the options; bench/README.md for what it does).
+Modules: ``workload`` (request bodies, in-process ONNX Runtime), ``servers`` (the servers under
+test and what they use), ``measure`` (wrk runs and the cells measured from them), ``report``
+(targets, tables, docs/benchmarks.md and the plot), ``runs`` (the default run, the settings sweep
+and the quick comparison), ``__main__`` (the command line).
+
+This file stays light: ``bench.baseline_app`` is imported by the baseline's own worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "images" / "bench-throughput.png"
+
+
+def log(message: str) -> None:
+    """One progress line on stdout, with the time of day."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
