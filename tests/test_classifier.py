@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from store_format import load_verified
-from training.cli import TrainOptions, main
+from training.cli import main
 from training.models.classifier import (
     ClassifierConfig,
     DigitClassifier,
     DigitClassifierForServing,
 )
+from training.options import TrainOptions
 from training.train_classifier import (
     ClassifierTrainConfig,
     confusion_matrix,

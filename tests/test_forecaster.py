@@ -14,7 +14,7 @@ from training import cli
 from training.export import PARITY_ATOL, TrainedModel, check_parity, export_onnx
 from training.models.forecaster import Forecaster, ForecasterConfig
 from training.train_forecaster import (
-    TrainConfig,
+    ForecasterTrainConfig,
     dynamic_shapes,
     evaluate,
     load_series,
@@ -206,9 +206,9 @@ def test_committed_onnx_reproduces_held_out_metrics(committed, series):
 def test_loss_falls_on_a_fixed_batch(series):
     torch.manual_seed(0)
     model = Forecaster(ForecasterConfig())
-    tc = TrainConfig(batch_size=16, max_window=156)
-    val_start, _ = split_points(len(series), tc)
-    batch = sample_batch(series, val_start, model.config.horizon, tc, np.random.default_rng(0))
+    cfg = ForecasterTrainConfig(batch_size=16, max_window=156)
+    val_start, _ = split_points(len(series), cfg)
+    batch = sample_batch(series, val_start, model.config.horizon, cfg, np.random.default_rng(0))
     start = probe_loss(model, batch)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(30):
@@ -231,8 +231,8 @@ def test_dry_run_trains_exports_and_publishes(tmp_path):
 
 
 def test_evaluate_counts_origins(model, series):
-    tc = TrainConfig()
-    val_start, test_start = split_points(len(series), tc)
+    cfg = ForecasterTrainConfig()
+    val_start, test_start = split_points(len(series), cfg)
     result = evaluate(model, series, val_start, test_start, 260)
-    assert result["origins"] == tc.val_weeks - model.config.horizon + 1
+    assert result["origins"] == cfg.val_weeks - model.config.horizon + 1
     assert result["mae_by_step"].shape == (model.config.horizon,)

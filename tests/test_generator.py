@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from store_format import MANIFEST_FILE, ManifestError, load_verified
-from training.cli import TrainOptions
 from training.export import TrainedModel, export_and_publish
 from training.models.generator import (
     ConditionalGenerator,
-    GANConfig,
+    GeneratorConfig,
     GeneratorForServing,
     ProjectionDiscriminator,
 )
+from training.options import TrainOptions
 from training.train_generator import (
     COMMITTED_STORE,
     ClassifierJudge,
-    GANTrainConfig,
+    GeneratorTrainConfig,
     evaluate,
     evaluation_inputs,
     find_classifier,
@@ -56,9 +56,9 @@ def store_with_committed_classifier(store: Path, versions: tuple[int, ...] = (1,
 
 def test_generator_and_discriminator_shapes() -> None:
     torch.manual_seed(0)
-    gan = GANConfig()
-    generator, discriminator = ConditionalGenerator(gan).eval(), ProjectionDiscriminator(gan)
-    latent, labels = torch.randn(6, gan.latent_dim), torch.arange(6)
+    model_cfg = GeneratorConfig()
+    generator, discriminator = ConditionalGenerator(model_cfg).eval(), ProjectionDiscriminator(model_cfg)
+    latent, labels = torch.randn(6, model_cfg.latent_dim), torch.arange(6)
     images = generator(latent, labels)
     assert images.shape == (6, 1, 8, 8) and images.dtype == torch.float32
     assert images.min() >= -1 and images.max() <= 1
@@ -72,8 +72,8 @@ def test_generator_and_discriminator_shapes() -> None:
 
 def test_discriminator_depends_on_the_label() -> None:
     torch.manual_seed(0)
-    gan = GANConfig()
-    discriminator = ProjectionDiscriminator(gan).eval()
+    model_cfg = GeneratorConfig()
+    discriminator = ProjectionDiscriminator(model_cfg).eval()
     images = torch.rand(4, 1, 8, 8) * 2 - 1
     as_zero = discriminator(images, torch.zeros(4, dtype=torch.int64))
     as_seven = discriminator(images, torch.full((4,), 7))
@@ -90,7 +90,7 @@ def test_discriminator_depends_on_the_label() -> None:
 )
 def test_generator_rejects_wrong_inputs(latent: torch.Tensor, labels: torch.Tensor, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
-        ConditionalGenerator(GANConfig())(latent, labels)
+        ConditionalGenerator(GeneratorConfig())(latent, labels)
 
 
 # --- evaluation helpers --------------------------------------------------------------------
@@ -106,11 +106,11 @@ def test_intra_class_distance() -> None:
 
 
 def test_evaluation_inputs_are_fixed_and_balanced() -> None:
-    cfg, gan = GANTrainConfig(), GANConfig()
-    latent, labels = evaluation_inputs(cfg, gan)
-    assert latent.shape == (1000, gan.latent_dim) and labels.dtype == torch.int64
+    cfg, model_cfg = GeneratorTrainConfig(), GeneratorConfig()
+    latent, labels = evaluation_inputs(cfg, model_cfg)
+    assert latent.shape == (1000, model_cfg.latent_dim) and labels.dtype == torch.int64
     assert torch.bincount(labels).tolist() == [100] * 10
-    torch.testing.assert_close(evaluation_inputs(cfg, gan)[0], latent)
+    torch.testing.assert_close(evaluation_inputs(cfg, model_cfg)[0], latent)
 
 
 def test_find_classifier_prefers_the_newest_in_the_store(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_committed_generator_onnx_shapes_and_range(batch: int) -> None:
 def test_committed_classifier_recognises_committed_generator_samples() -> None:
     generator_manifest, generator_path = load_verified(REPO_STORE, "generator")
     judge = ClassifierJudge(*load_verified(REPO_STORE, "classifier"))
-    latent, labels = evaluation_inputs(GANTrainConfig(), GANConfig())
+    latent, labels = evaluation_inputs(GeneratorTrainConfig(), GeneratorConfig())
     (images,) = session(generator_path).run(["images"], {"latent": latent.numpy(), "labels": labels.numpy()})
     predicted = judge.predict(torch.from_numpy(images))
     accuracy = (predicted == labels).float().mean().item()
@@ -197,9 +197,9 @@ def test_dry_run_learns_something(dry_run: tuple[TrainedModel, Path]) -> None:
 
     # an untrained generator makes digits the classifier recognises about 10% of the time
     torch.manual_seed(0)
-    untrained = GeneratorForServing(ConditionalGenerator(GANConfig())).eval()
+    untrained = GeneratorForServing(ConditionalGenerator(GeneratorConfig())).eval()
     judge = ClassifierJudge(*find_classifier(store))
-    latent, labels = evaluation_inputs(GANTrainConfig(), GANConfig())
+    latent, labels = evaluation_inputs(GeneratorTrainConfig(), GeneratorConfig())
     before = evaluate(untrained, judge, latent, labels)["label_accuracy"]
     assert before < 0.3
     assert metrics["label_accuracy"] > before + 0.2
@@ -217,7 +217,7 @@ def test_dry_run_publishes_a_matching_onnx_model(dry_run: tuple[TrainedModel, Pa
     assert (path.parent / "generator_samples.png").is_file()
     assert (path.parent / "generator_training_curves.png").is_file()
 
-    latent, labels = evaluation_inputs(GANTrainConfig(), GANConfig())
+    latent, labels = evaluation_inputs(GeneratorTrainConfig(), GeneratorConfig())
     with torch.no_grad():
         expected = trained.module(latent, labels).numpy()
     (actual,) = session(path).run(["images"], {"latent": latent.numpy(), "labels": labels.numpy()})

@@ -14,10 +14,10 @@ import importlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from training.export import export_and_publish
+from training.options import TrainOptions
 
 # Order matters for "all": the generator's evaluation reads the newest classifier in --out.
 TRAINERS = {
@@ -29,24 +29,8 @@ TRAINERS = {
 log = logging.getLogger("training")
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    """What every trainer receives."""
-
-    seed: int  # seeds Python, NumPy and torch; the same seed gives the same metrics
-    epochs: int | None  # None: the trainer's own default (the one the committed models used)
-    dry_run: bool  # a few batches of everything, for CI: proves the code path, not the model
-    store: Path  # the model store results are published to (and the classifier is read from)
-    workdir: Path  # scratch space for plots before they are copied beside the model
-
-    def epochs_for(self, full: int, dry_run: int) -> int:
-        """The epochs to train: ``--epochs`` if given, else ``dry_run`` on a dry run, else ``full``."""
-        if self.epochs is not None:
-            return self.epochs
-        return dry_run if self.dry_run else full
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The ``train`` command and its options."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train, evaluate, export and publish models")
@@ -58,14 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def options_from_args(args: argparse.Namespace, workdir: Path) -> TrainOptions:
+    """The options one trainer receives, from the parsed ``train`` command line."""
+    return TrainOptions(
+        seed=args.seed, epochs=args.epochs, dry_run=args.dry_run, store=args.out, workdir=workdir
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train, export and publish each model asked for, one after the other; 0 on success."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     names = list(TRAINERS) if args.model == "all" else [args.model]
     started = time.perf_counter()
     for name in names:
         with tempfile.TemporaryDirectory() as workdir:
-            options = TrainOptions(args.seed, args.epochs, args.dry_run, args.out, Path(workdir))
+            options = options_from_args(args, Path(workdir))
             t0 = time.perf_counter()
             trained = importlib.import_module(TRAINERS[name]).train(options)
             trained.training.setdefault("train_seconds", round(time.perf_counter() - t0, 1))

@@ -1,11 +1,16 @@
-"""Small helpers every trainer shares: seeding, devices and training-curve plots."""
+"""What the three trainers share: seeding, torch threads, the manifest's training record, plots.
+
+Every trainer runs on the CPU, on the thread count its config names; nothing here picks a device.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import random
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,6 +18,12 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from torch import nn
+
+from training.options import TrainOptions
+
+# The class names of the digit models (classifier and generator): the digits themselves.
+DIGIT_LABELS = [str(d) for d in range(10)]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -33,6 +44,26 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def num_parameters(module: nn.Module) -> int:
+    """How many parameters ``module`` has, counting every tensor in ``module.parameters()``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def training_record(options: TrainOptions, cfg: Any, model_cfg: Any, **details: Any) -> dict[str, Any]:
+    """The manifest's ``training`` section: run options, hyper-parameters, architecture, then details.
+
+    ``cfg`` is the trainer's ``*TrainConfig`` and ``model_cfg`` the architecture's ``*Config``
+    (both dataclasses); ``details`` are what only this trainer knows (optimizer, loss, timings).
+    """
+    return {
+        "seed": options.seed,
+        "dry_run": options.dry_run,
+        **asdict(cfg),
+        "model": asdict(model_cfg),
+        **details,
+    }
 
 
 def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:

@@ -71,6 +71,7 @@ class TrainedModel:
 
 
 def export_onnx(model: TrainedModel, path: Path) -> onnx.ModelProto:
+    """Export ``model.module`` to ``path`` (traced at batch 2) and check the graph; returns it."""
     module = model.module.eval()
     with torch.no_grad():
         program = torch.onnx.export(
@@ -144,6 +145,7 @@ def tensor_specs(graph_values: Any) -> tuple[TensorSpec, ...]:
 
 
 def graph_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset the graph was exported with."""
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +21,35 @@ from sklearn.model_selection import train_test_split
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from training.cli import TrainOptions
-from training.common import plot_curves, seed_everything, torch_threads
+from training.common import (
+    DIGIT_LABELS,
+    num_parameters,
+    plot_curves,
+    seed_everything,
+    torch_threads,
+    training_record,
+)
 from training.export import TrainedModel
 from training.models.classifier import (
     ClassifierConfig,
     DigitClassifier,
     DigitClassifierForServing,
 )
+from training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-LABELS = [str(d) for d in range(10)]
 TRAIN_LOSS = "train loss (augmented, label-smoothed)"
+
+# (x_train (N, 1, 8, 8), y_train (N,), x_test (M, 1, 8, 8), y_test (M,)), pixels in 0..16
+Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+History = dict[str, list[float]]  # one value per epoch for each named curve
 
 
 @dataclass
 class ClassifierTrainConfig:
+    """How the classifier is trained (its architecture is ``ClassifierConfig``)."""
+
     epochs: int = 40  # passes over the training set (the committed model used this default)
     batch_size: int = 64  # images per optimiser step
     lr: float = 3e-3  # peak learning rate of the one-cycle schedule (AdamW)
@@ -55,10 +67,8 @@ class ClassifierTrainConfig:
 # --- data ----------------------------------------------------------------------------------
 
 
-def load_split(
-    test_fraction: float, split_seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_train, y_train, x_test, y_test); images (N, 1, 8, 8) float32 in 0..16, labels int64."""
+def load_split(test_fraction: float, split_seed: int) -> Split:
+    """(x_train, y_train, x_test, y_test); images (N, 1, 8, 8) float32 in 0..16, labels (N,) int64."""
     digits = load_digits()
     images = digits.images.astype(np.float32)[:, None]  # (N, 1, 8, 8)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -94,10 +104,10 @@ def random_shift(images: torch.Tensor, prob: float, generator: torch.Generator) 
     return out
 
 
-# --- train / test --------------------------------------------------------------------------
+# --- train / evaluate ----------------------------------------------------------------------
 
 
-def train_epoch(
+def train_one_epoch(
     model: DigitClassifier,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -144,6 +154,7 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, n: int) -> np.n
 
 
 def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
+    """The confusion matrix as a heat map, with the count written in every non-empty cell."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     im = ax.imshow(matrix, cmap="Blues")
     threshold = matrix.max() / 2
@@ -164,52 +175,46 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
     return path
 
 
-# --- main ----------------------------------------------------------------------------------
+# --- steps ---------------------------------------------------------------------------------
 
 
-def train(options: TrainOptions) -> TrainedModel:
-    """Train, evaluate and plot the classifier; returns it ready for export."""
-    cfg = ClassifierTrainConfig()
-    cfg.epochs = options.epochs_for(cfg.epochs, cfg.dry_run_epochs)
-    with torch_threads(cfg.threads):
-        return fit(options, cfg)
-
-
-def fit(options: TrainOptions, cfg: ClassifierTrainConfig) -> TrainedModel:
-    """The body of :func:`train`, with the configuration settled."""
-    generator = seed_everything(options.seed)
-
-    x_train, y_train, x_test, y_test = load_split(cfg.test_fraction, cfg.split_seed)
-    model_cfg = ClassifierConfig()
-    model = DigitClassifier(model_cfg)
-    log.info(
-        "classifier: %d parameters, %d train / %d test images",
-        model.num_parameters(),
-        len(x_train),
-        len(x_test),
-    )
-
-    steps_per_epoch = len(x_train.split(cfg.batch_size))
+def build_optimizer(
+    model: DigitClassifier, cfg: ClassifierTrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a one-cycle schedule over all ``cfg.epochs * steps_per_epoch`` steps."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
     )
+    return optimizer, scheduler
 
-    history: dict[str, list[float]] = {TRAIN_LOSS: [], "test loss": [], "test accuracy": []}
-    started = time.perf_counter()
+
+def fit(
+    model: DigitClassifier, data: Split, cfg: ClassifierTrainConfig, generator: torch.Generator
+) -> History:
+    """Train for ``cfg.epochs``, evaluating on the test set after each (reported, never selected on)."""
+    x_train, y_train, x_test, y_test = data
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch=len(x_train.split(cfg.batch_size)))
+    history: History = {TRAIN_LOSS: [], "test loss": [], "test accuracy": []}
     progress = tqdm(range(cfg.epochs), desc="classifier", unit="epoch")
     for _ in progress:
-        train_loss = train_epoch(model, optimizer, scheduler, x_train, y_train, cfg, generator)
+        train_loss = train_one_epoch(model, optimizer, scheduler, x_train, y_train, cfg, generator)
         result = evaluate(model, x_test, y_test)
         history[TRAIN_LOSS].append(train_loss)
         history["test loss"].append(result["loss"])
         history["test accuracy"].append(result["accuracy"])
         progress.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{result['accuracy']:.3f}")
-    seconds = time.perf_counter() - started
+    return history
 
+
+def held_out_metrics(
+    model: DigitClassifier, data: Split, n_classes: int
+) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+    """(metrics for the manifest, the test-set evaluation, the test confusion matrix)."""
+    x_train, y_train, x_test, y_test = data
     result = evaluate(model, x_test, y_test)
     train_result = evaluate(model, x_train, y_train)
-    matrix = confusion_matrix(y_test, result["pred"], model_cfg.n_classes)
+    matrix = confusion_matrix(y_test, result["pred"], n_classes)
     per_class = matrix.diagonal() / matrix.sum(axis=1)
     metrics = {
         "test_accuracy": round(result["accuracy"], 6),
@@ -217,23 +222,18 @@ def fit(options: TrainOptions, cfg: ClassifierTrainConfig) -> TrainedModel:
         "train_accuracy": round(train_result["accuracy"], 6),
         "test_errors": int(len(y_test) - matrix.trace()),
         "per_class_test_accuracy": {
-            label: round(float(a), 6) for label, a in zip(LABELS, per_class, strict=True)
+            label: round(float(a), 6) for label, a in zip(DIGIT_LABELS, per_class, strict=True)
         },
         "n_train": len(x_train),
         "n_test": len(x_test),
-        "n_parameters": model.num_parameters(),
+        "n_parameters": num_parameters(model),
     }
-    log.info(
-        "classifier: test accuracy %.4f (%d errors of %d), loss %.4f, %.1f s",
-        result["accuracy"],
-        metrics["test_errors"],
-        len(y_test),
-        result["loss"],
-        seconds,
-    )
+    return metrics, result, matrix
 
-    workdir = Path(options.workdir)
-    artifacts = [
+
+def plot_results(history: History, matrix: np.ndarray, test_accuracy: float, workdir: Path) -> list[Path]:
+    """The training curves and the held-out confusion matrix, as PNGs in ``workdir``."""
+    return [
         plot_curves(
             history,
             workdir / "classifier_training_curves.png",
@@ -241,49 +241,86 @@ def fit(options: TrainOptions, cfg: ClassifierTrainConfig) -> TrainedModel:
         ),
         plot_confusion(
             matrix,
-            LABELS,
+            DIGIT_LABELS,
             workdir / "classifier_confusion_matrix.png",
-            f"held-out confusion matrix (accuracy {result['accuracy']:.3f})",
+            f"held-out confusion matrix (accuracy {test_accuracy:.3f})",
         ),
     ]
 
-    serving_module = DigitClassifierForServing(model).eval()
-    batch_dim = torch.export.Dim("batch", min=1, max=4096)
-    return TrainedModel(
-        name="classifier",
-        task="image-classification",
-        module=serving_module,
-        input_names=["images"],
-        output_names=["probabilities"],
-        example_inputs=lambda b: (example_images(b),),
-        dynamic_shapes={"images": {0: batch_dim}},
-        metrics=metrics,
-        training={
-            "seed": options.seed,
-            "dry_run": options.dry_run,
-            **asdict(cfg),
-            "model": asdict(model_cfg),
-            "optimizer": "AdamW",
-            "schedule": "OneCycleLR",
-            "loop_seconds": round(seconds, 1),
-        },
-        dataset={
-            "name": "sklearn.datasets.load_digits",
-            "n_samples": len(x_train) + len(x_test),
-            "split": "stratified train/test (sklearn.model_selection.train_test_split)",
-            "test_fraction": cfg.test_fraction,
-            "split_seed": cfg.split_seed,
-            "n_train": len(x_train),
-            "n_test": len(x_test),
-            "augmentation": f"random shifts of up to 1 pixel (p={cfg.shift_prob})",
-        },
-        labels=LABELS,
-        serving={"value_range": [0, 16], "image_shape": [8, 8]},
-        artifacts=artifacts,
-    )
+
+def dataset_record(data: Split, cfg: ClassifierTrainConfig) -> dict[str, Any]:
+    """The manifest's ``dataset`` section: where the images come from and how they were split."""
+    x_train, _, x_test, _ = data
+    return {
+        "name": "sklearn.datasets.load_digits",
+        "n_samples": len(x_train) + len(x_test),
+        "split": "stratified train/test (sklearn.model_selection.train_test_split)",
+        "test_fraction": cfg.test_fraction,
+        "split_seed": cfg.split_seed,
+        "n_train": len(x_train),
+        "n_test": len(x_test),
+        "augmentation": f"random shifts of up to 1 pixel (p={cfg.shift_prob})",
+    }
 
 
 def example_images(batch: int) -> torch.Tensor:
     """Deterministic example inputs for export and parity: (batch, 1, 8, 8) in 0..16."""
     g = torch.Generator().manual_seed(batch)
     return torch.randint(0, 17, (batch, 1, 8, 8), generator=g).float()
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def train(options: TrainOptions) -> TrainedModel:
+    """Train, evaluate and plot the classifier; returns it ready for export."""
+    cfg = ClassifierTrainConfig()
+    cfg.epochs = options.epochs_for(cfg.epochs, cfg.dry_run_epochs)
+    with torch_threads(cfg.threads):
+        generator = seed_everything(options.seed)
+        data = load_split(cfg.test_fraction, cfg.split_seed)
+        model_cfg = ClassifierConfig()
+        model = DigitClassifier(model_cfg)
+        log.info(
+            "classifier: %d parameters, %d train / %d test images",
+            num_parameters(model),
+            len(data[0]),
+            len(data[2]),
+        )
+        started = time.perf_counter()
+        history = fit(model, data, cfg, generator)
+        seconds = time.perf_counter() - started
+        metrics, result, matrix = held_out_metrics(model, data, model_cfg.n_classes)
+        log.info(
+            "classifier: test accuracy %.4f (%d errors of %d), loss %.4f, %.1f s",
+            result["accuracy"],
+            metrics["test_errors"],
+            metrics["n_test"],
+            result["loss"],
+            seconds,
+        )
+        artifacts = plot_results(history, matrix, result["accuracy"], Path(options.workdir))
+
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    return TrainedModel(
+        name="classifier",
+        task="image-classification",
+        module=DigitClassifierForServing(model).eval(),
+        input_names=["images"],
+        output_names=["probabilities"],
+        example_inputs=lambda b: (example_images(b),),
+        dynamic_shapes={"images": {0: batch_dim}},
+        metrics=metrics,
+        training=training_record(
+            options,
+            cfg,
+            model_cfg,
+            optimizer="AdamW",
+            schedule="OneCycleLR",
+            loop_seconds=round(seconds, 1),
+        ),
+        dataset=dataset_record(data, cfg),
+        labels=DIGIT_LABELS,
+        serving={"value_range": [0, 16], "image_shape": [8, 8]},
+        artifacts=artifacts,
+    )

@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +24,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.cli import TrainOptions
-from training.common import plot_curves, seed_everything
+from training.common import num_parameters, plot_curves, seed_everything, torch_threads, training_record
 from training.export import TrainedModel
 from training.models.forecaster import Forecaster, ForecasterConfig
+from training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
 SEASON = 52  # weeks per yearly cycle, for the baseline
+TRAIN_LOSS, VAL_MAE = "train loss (MAE, ppm)", "validation MAE (ppm)"
+
+History = dict[str, list[float]]  # one value per epoch for each named curve
 
 
 @dataclass
-class TrainConfig:
+class ForecasterTrainConfig:
+    """How the forecaster is trained (its architecture is ``ForecasterConfig``)."""
+
     epochs: int = 25  # default number of epochs (the committed model used this)
     steps_per_epoch: int = 20  # optimiser steps per epoch (an "epoch" is steps of random windows)
     batch_size: int = 64  # windows per step
@@ -47,9 +54,14 @@ class TrainConfig:
     test_weeks: int = 104  # held-out final weeks: evaluation only
     val_weeks: int = 104  # weeks before the test window: model selection only
     eval_batch: int = 64  # origins per forward pass in evaluation
+    # torch intra-op threads: two, torch's default on the 2-core machine that trained the
+    # committed model, so that a retrain there reproduces it (thread counts can change rounding)
+    threads: int = 2
+    dry_run_epochs: int = 2  # epochs of a dry run (CI smoke test) unless --epochs is given
 
 
-DRY_RUN = {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "max_window": 130, "warmup_steps": 1}
+# A dry run (CI smoke test) also takes fewer and smaller batches of shorter windows.
+DRY_RUN_OVERRIDES = {"steps_per_epoch": 3, "batch_size": 16, "max_window": 130, "warmup_steps": 1}
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -69,11 +81,11 @@ def load_series() -> tuple[np.ndarray, np.ndarray, int]:
     return frame.index.to_numpy().astype("datetime64[D]"), values, missing
 
 
-def split_points(n: int, tc: TrainConfig) -> tuple[int, int]:
+def split_points(n: int, cfg: ForecasterTrainConfig) -> tuple[int, int]:
     """(val_start, test_start): indices of the first validation and first test week."""
-    test_start = n - tc.test_weeks
-    val_start = test_start - tc.val_weeks
-    assert val_start > tc.max_window, "series too short for the split"
+    test_start = n - cfg.test_weeks
+    val_start = test_start - cfg.val_weeks
+    assert val_start > cfg.max_window, "series too short for the split"
     return val_start, test_start
 
 
@@ -87,15 +99,15 @@ def pad_rows(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sample_batch(
-    y: np.ndarray, train_end: int, horizon: int, tc: TrainConfig, rng: np.random.Generator
+    y: np.ndarray, train_end: int, horizon: int, cfg: ForecasterTrainConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random windows whose targets end before ``train_end``: history, lengths, target (B, H).
 
     The batch's longest length is drawn first, then each row's length below it, so batches
     mix lengths (with real right padding) without always paying for the longest window.
     """
-    top = int(rng.integers(tc.min_window, tc.max_window + 1))
-    lengths = rng.integers(tc.min_window, top + 1, size=tc.batch_size)
+    top = int(rng.integers(cfg.min_window, cfg.max_window + 1))
+    lengths = rng.integers(cfg.min_window, top + 1, size=cfg.batch_size)
     ends = [int(rng.integers(L, train_end - horizon + 1)) for L in lengths]
     history, lens = pad_rows([y[e - L : e] for e, L in zip(ends, lengths, strict=True)])
     target = np.stack([y[e : e + horizon] for e in ends]).astype(np.float32)
@@ -151,11 +163,12 @@ def evaluate(
 # --- training ------------------------------------------------------------------------------
 
 
-def lr_at(step: int, total: int, tc: TrainConfig) -> float:
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    progress = (step - tc.warmup_steps) / max(1, total - tc.warmup_steps)
-    return tc.lr * (tc.final_lr_frac + (1 - tc.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+def lr_at(step: int, total: int, cfg: ForecasterTrainConfig) -> float:
+    """Linear warm-up to ``cfg.lr`` over ``cfg.warmup_steps``, then cosine decay to ``lr * final_lr_frac``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def train_step(
@@ -184,42 +197,87 @@ def probe_loss(model: Forecaster, batch: tuple[torch.Tensor, ...]) -> float:
     return (model(history, lengths) - target).abs().mean().item()
 
 
+def train_one_epoch(
+    model: Forecaster,
+    opt: torch.optim.Optimizer,
+    y: np.ndarray,
+    train_end: int,
+    epoch: int,
+    cfg: ForecasterTrainConfig,
+    rng: np.random.Generator,
+    bar: tqdm,
+) -> float:
+    """``cfg.steps_per_epoch`` steps on random windows ending before ``train_end``; the mean loss."""
+    total = cfg.epochs * cfg.steps_per_epoch
+    losses = []
+    for step in range(epoch * cfg.steps_per_epoch, (epoch + 1) * cfg.steps_per_epoch):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, cfg)
+        history, lengths, target = sample_batch(y, train_end, model.config.horizon, cfg, rng)
+        losses.append(train_step(model, opt, history, lengths, target, cfg.grad_clip))
+        bar.update(1)
+    return float(np.mean(losses))
+
+
 def fit(
-    model: Forecaster, y: np.ndarray, tc: TrainConfig, rng: np.random.Generator, max_len: int
-) -> tuple[dict[str, list[float]], dict[str, float]]:
+    model: Forecaster, y: np.ndarray, cfg: ForecasterTrainConfig, rng: np.random.Generator, max_len: int
+) -> tuple[History, dict[str, float]]:
     """Train on y[:val_start] and keep the epoch with the lowest validation MAE.
 
     Returns the per-epoch curves and a summary: the loss on a fixed probe batch of training
     windows before training and after the last epoch, and the epoch kept.
     """
-    val_start, test_start = split_points(len(y), tc)
-    H = model.config.horizon
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    total = tc.epochs * tc.steps_per_epoch
-    curves: dict[str, list[float]] = {"train loss (MAE, ppm)": [], "validation MAE (ppm)": []}
-    probe = sample_batch(y, val_start, H, tc, rng)  # fixed training windows: a steady loss probe
+    val_start, test_start = split_points(len(y), cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    curves: History = {TRAIN_LOSS: [], VAL_MAE: []}
+    probe = sample_batch(y, val_start, model.config.horizon, cfg, rng)  # fixed windows: a steady probe
     probe_start = probe_loss(model, probe)
-    best, best_state, best_epoch, step = math.inf, None, 0, 0
-    bar = tqdm(total=total, desc="forecaster", unit="step", leave=False)
-    for epoch in range(tc.epochs):
-        losses = []
-        for _ in range(tc.steps_per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, tc)
-            history, lengths, target = sample_batch(y, val_start, H, tc, rng)
-            losses.append(train_step(model, opt, history, lengths, target, tc.grad_clip))
-            step += 1
-            bar.update(1)
-        val = evaluate(model, y, val_start, test_start, max_len, tc.eval_batch)
-        curves["train loss (MAE, ppm)"].append(float(np.mean(losses)))
-        curves["validation MAE (ppm)"].append(val["mae"])
-        bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val=f"{val['mae']:.3f}")
-        if val["mae"] < best:
-            best, best_state, best_epoch = val["mae"], copy.deepcopy(model.state_dict()), epoch + 1
+    best, best_state, best_epoch = math.inf, None, 0
+    bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc="forecaster", unit="step", leave=False)
+    for epoch in range(cfg.epochs):
+        train_loss = train_one_epoch(model, opt, y, val_start, epoch, cfg, rng, bar)
+        val_mae = evaluate(model, y, val_start, test_start, max_len, cfg.eval_batch)["mae"]
+        curves[TRAIN_LOSS].append(train_loss)
+        curves[VAL_MAE].append(val_mae)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", val=f"{val_mae:.3f}")
+        if val_mae < best:
+            best, best_state, best_epoch = val_mae, copy.deepcopy(model.state_dict()), epoch + 1
     bar.close()
     summary = {"probe_start": probe_start, "probe_end": probe_loss(model, probe), "best_epoch": best_epoch}
+    assert best_state is not None, "no epoch was trained (epochs must be >= 1)"
     model.load_state_dict(best_state)
     return curves, summary
+
+
+def held_out_metrics(
+    model: Forecaster, y: np.ndarray, cfg: ForecasterTrainConfig, curves: History, summary: dict[str, float]
+) -> dict[str, Any]:
+    """Test and validation MAE against the baseline, and test MAE at other history caps."""
+    model_cfg = model.config
+    val_start, test_start = split_points(len(y), cfg)
+    test = evaluate(model, y, test_start, len(y), model_cfg.max_length, cfg.eval_batch)
+    val = evaluate(model, y, val_start, test_start, model_cfg.max_length, cfg.eval_batch)
+    metrics = {
+        "test_mae": round(test["mae"], 4),
+        "baseline_mae": round(test["baseline_mae"], 4),
+        "improvement_vs_baseline": round(1 - test["mae"] / test["baseline_mae"], 4),
+        "test_origins": test["origins"],
+        "test_history_length": model_cfg.max_length,
+        "test_weeks": cfg.test_weeks,
+        "horizon": model_cfg.horizon,
+        "val_mae": round(val["mae"], 4),
+        "val_baseline_mae": round(val["baseline_mae"], 4),
+        "best_epoch": summary["best_epoch"],
+        "train_loss_last_epoch": round(curves[TRAIN_LOSS][-1], 4),
+        # MAE on one fixed batch of training windows before training and after the last epoch
+        "probe_loss_start": round(summary["probe_start"], 4),
+        "probe_loss_end": round(summary["probe_end"], 4),
+    }
+    for length in (model_cfg.min_length, 300, 500, 2000):  # same origins and targets, other caps
+        metrics[f"test_mae_history_{length}"] = round(
+            evaluate(model, y, test_start, len(y), length, cfg.eval_batch)["mae"], 4
+        )
+    return metrics
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -273,6 +331,18 @@ def plot_forecasts(
     return path
 
 
+def plot_results(
+    model: Forecaster, curves: History, dates: np.ndarray, y: np.ndarray, test_start: int, workdir: Path
+) -> list[Path]:
+    """The training curves and the held-out forecasts, as PNGs in ``workdir``."""
+    return [
+        plot_curves(curves, workdir / "forecaster_curves.png", "forecaster training"),
+        plot_forecasts(
+            model, dates, y, test_start, model.config.max_length, workdir / "forecaster_forecasts.png"
+        ),
+    ]
+
+
 # --- export --------------------------------------------------------------------------------
 
 
@@ -290,7 +360,9 @@ def forget_gru_dispatch() -> None:
         cache.clear()
 
 
-def make_example_inputs(y: np.ndarray, config: ForecasterConfig, seed: int):
+def make_example_inputs(
+    y: np.ndarray, config: ForecasterConfig, seed: int
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """batch -> (history, lengths): real windows with mixed lengths and heavy right padding.
 
     Batch 2 is the export trace. The exporter re-traces the GRU once per time step of the
@@ -315,103 +387,89 @@ def make_example_inputs(y: np.ndarray, config: ForecasterConfig, seed: int):
 
 
 def dynamic_shapes() -> dict[str, dict[int, object]]:
-    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
-    return {"history": {0: batch, 1: time}, "lengths": {0: batch}}
+    """Batch and time are dynamic in ``history``; batch in ``lengths``."""
+    batch_dim, time_dim = torch.export.Dim("batch"), torch.export.Dim("time")
+    return {"history": {0: batch_dim, 1: time_dim}, "lengths": {0: batch_dim}}
+
+
+# --- manifest sections ---------------------------------------------------------------------
+
+
+def dataset_record(
+    dates: np.ndarray, y: np.ndarray, missing: int, val_start: int, test_start: int
+) -> dict[str, Any]:
+    """The manifest's ``dataset`` section: the series and its split by time."""
+    return {
+        "name": "Mauna Loa weekly atmospheric CO2 (statsmodels.datasets.co2)",
+        "units": "ppm",
+        "frequency": "weekly (W-SAT)",
+        "weeks": len(y),
+        "first_week": str(dates[0]),
+        "last_week": str(dates[-1]),
+        "missing_weeks_interpolated": missing,
+        "interpolation": "linear in time (pandas interpolate, method='time')",
+        "split": {
+            "train": f"weeks 0-{val_start - 1} ({dates[0]} to {dates[val_start - 1]}): "
+            "random windows, targets inside this part",
+            "validation": f"weeks {val_start}-{test_start - 1} ({dates[val_start]} to "
+            f"{dates[test_start - 1]}): epoch selection only",
+            "test": f"weeks {test_start}-{len(y) - 1} ({dates[test_start]} to {dates[-1]}): "
+            "held out, rolling origins, reported metrics only",
+        },
+    }
 
 
 # --- entry point ---------------------------------------------------------------------------
 
 
 def train(options: TrainOptions) -> TrainedModel:
-    seed_everything(options.seed)
-    rng = np.random.default_rng(options.seed)
-    tc = TrainConfig(**(DRY_RUN if options.dry_run else {}))
-    if options.epochs is not None:
-        tc.epochs = options.epochs
-    cfg = ForecasterConfig(min_length=tc.min_window)
-
-    dates, y, missing = load_series()
-    val_start, test_start = split_points(len(y), tc)
-    model = Forecaster(cfg)
-    log.info(
-        "forecaster: %d parameters, %d train / %d val / %d test weeks",
-        sum(p.numel() for p in model.parameters()),
-        val_start,
-        test_start - val_start,
-        len(y) - test_start,
-    )
-    curves, summary = fit(model, y, tc, rng, cfg.max_length)
-
-    test = evaluate(model, y, test_start, len(y), cfg.max_length, tc.eval_batch)
-    val = evaluate(model, y, val_start, test_start, cfg.max_length, tc.eval_batch)
-    metrics = {
-        "test_mae": round(test["mae"], 4),
-        "baseline_mae": round(test["baseline_mae"], 4),
-        "improvement_vs_baseline": round(1 - test["mae"] / test["baseline_mae"], 4),
-        "test_origins": test["origins"],
-        "test_history_length": cfg.max_length,
-        "test_weeks": tc.test_weeks,
-        "horizon": cfg.horizon,
-        "val_mae": round(val["mae"], 4),
-        "val_baseline_mae": round(val["baseline_mae"], 4),
-        "best_epoch": summary["best_epoch"],
-        "train_loss_last_epoch": round(curves["train loss (MAE, ppm)"][-1], 4),
-        # MAE on one fixed batch of training windows before training and after the last epoch
-        "probe_loss_start": round(summary["probe_start"], 4),
-        "probe_loss_end": round(summary["probe_end"], 4),
-    }
-    for length in (cfg.min_length, 300, 500, 2000):  # same origins and targets, other caps
-        metrics[f"test_mae_history_{length}"] = round(
-            evaluate(model, y, test_start, len(y), length, tc.eval_batch)["mae"], 4
+    """Train, evaluate and plot the forecaster; returns it ready for export."""
+    cfg = ForecasterTrainConfig(**(DRY_RUN_OVERRIDES if options.dry_run else {}))
+    cfg.epochs = options.epochs_for(cfg.epochs, cfg.dry_run_epochs)
+    with torch_threads(cfg.threads):
+        seed_everything(options.seed)
+        rng = np.random.default_rng(options.seed)  # training windows
+        model_cfg = ForecasterConfig(min_length=cfg.min_window)
+        dates, y, missing = load_series()
+        val_start, test_start = split_points(len(y), cfg)
+        model = Forecaster(model_cfg)
+        log.info(
+            "forecaster: %d parameters, %d train / %d val / %d test weeks",
+            num_parameters(model),
+            val_start,
+            test_start - val_start,
+            len(y) - test_start,
         )
-    log.info("forecaster: %s", metrics)
+        started = time.perf_counter()
+        curves, summary = fit(model, y, cfg, rng, model_cfg.max_length)
+        seconds = time.perf_counter() - started
+        metrics = held_out_metrics(model, y, cfg, curves, summary)
+        log.info("forecaster: %s, %.1f s", metrics, seconds)
+        artifacts = plot_results(model, curves, dates, y, test_start, Path(options.workdir))
 
-    workdir = Path(options.workdir)
-    artifacts = [
-        plot_curves(curves, workdir / "forecaster_curves.png", "forecaster training"),
-        plot_forecasts(model, dates, y, test_start, cfg.max_length, workdir / "forecaster_forecasts.png"),
-    ]
-    model.eval()
     return TrainedModel(
         name="forecaster",
         task="time-series-forecasting",
-        module=model,
+        module=model.eval(),
         input_names=["history", "lengths"],
         output_names=["forecast"],
-        example_inputs=make_example_inputs(y, cfg, options.seed),
+        example_inputs=make_example_inputs(y, model_cfg, options.seed),
         dynamic_shapes=dynamic_shapes(),
         metrics=metrics,
-        training={
-            **asdict(tc),
-            "model": asdict(cfg),
-            "seed": options.seed,
-            "dry_run": options.dry_run,
-            "optimizer": "AdamW",
-            "loss": "MAE (ppm)",
-        },
-        dataset={
-            "name": "Mauna Loa weekly atmospheric CO2 (statsmodels.datasets.co2)",
-            "units": "ppm",
-            "frequency": "weekly (W-SAT)",
-            "weeks": len(y),
-            "first_week": str(dates[0]),
-            "last_week": str(dates[-1]),
-            "missing_weeks_interpolated": missing,
-            "interpolation": "linear in time (pandas interpolate, method='time')",
-            "split": {
-                "train": f"weeks 0-{val_start - 1} ({dates[0]} to {dates[val_start - 1]}): "
-                "random windows, targets inside this part",
-                "validation": f"weeks {val_start}-{test_start - 1} ({dates[val_start]} to "
-                f"{dates[test_start - 1]}): epoch selection only",
-                "test": f"weeks {test_start}-{len(y) - 1} ({dates[test_start]} to {dates[-1]}): "
-                "held out, rolling origins, reported metrics only",
-            },
-        },
+        training=training_record(
+            options,
+            cfg,
+            model_cfg,
+            optimizer="AdamW",
+            loss="MAE (ppm)",
+            loop_seconds=round(seconds, 1),
+        ),
+        dataset=dataset_record(dates, y, missing, val_start, test_start),
         labels=None,
         serving={
-            "horizon": cfg.horizon,
-            "min_length": cfg.min_length,
-            "max_length": cfg.max_length,
+            "horizon": model_cfg.horizon,
+            "min_length": model_cfg.min_length,
+            "max_length": model_cfg.max_length,
             "units": "ppm",
             "frequency": "weekly",
             "padding": "right",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +25,40 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from store_format import Manifest, ManifestError, list_versions, load_verified
-from training.cli import TrainOptions
-from training.common import plot_curves, seed_everything, torch_threads
+from training.common import (
+    DIGIT_LABELS,
+    num_parameters,
+    plot_curves,
+    seed_everything,
+    torch_threads,
+    training_record,
+)
 from training.export import TrainedModel
 from training.models.generator import (
     ConditionalGenerator,
-    GANConfig,
+    GeneratorConfig,
     GeneratorForServing,
     ProjectionDiscriminator,
-    num_parameters,
 )
+from training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-LABELS = [str(d) for d in range(10)]
 # The repository's committed model store: where the judging classifier comes from when the
 # store being trained into has none.
 COMMITTED_STORE = Path(__file__).resolve().parents[1] / "model_store"
+# The curves plotted per epoch: train_one_epoch's statistics under their plot labels, then
+# the classifier's label accuracy on the fixed evaluation samples.
+EPOCH_STATS = {"d_loss": "D loss", "g_loss": "G loss", "d_real": "D(real)", "d_fake": "D(fake)"}
+LABEL_ACCURACY = "label accuracy"
+
+History = dict[str, list[float]]  # one value per epoch for each named curve
 
 
 @dataclass
-class GANTrainConfig:
+class GeneratorTrainConfig:
+    """How the GAN is trained (its architecture is ``GeneratorConfig``)."""
+
     epochs: int = 60  # passes over the data (the committed model used this default)
     batch_size: int = 64  # real images (and as many generated ones) per step
     lr_g: float = 2e-4  # Adam learning rate of the generator
@@ -109,20 +122,40 @@ def intra_class_distance(images: torch.Tensor, labels: torch.Tensor, n_classes: 
     return [torch.pdist(flat[labels == c]).mean().item() for c in range(n_classes)]
 
 
+# --- the GAN -------------------------------------------------------------------------------
+
+
+@dataclass
+class GAN:
+    """The two networks being trained, their optimisers, and the generator as it is exported."""
+
+    generator: ConditionalGenerator  # images in [-1, 1]
+    discriminator: ProjectionDiscriminator
+    opt_g: torch.optim.Optimizer  # the generator's
+    opt_d: torch.optim.Optimizer  # the discriminator's
+    serving: GeneratorForServing  # wraps ``generator``: images in 0..16, what is judged and exported
+
+
+def build_gan(model_cfg: GeneratorConfig, cfg: GeneratorTrainConfig) -> GAN:
+    """Both networks (initialised generator first, from torch's global RNG) and their Adam optimisers."""
+    generator, discriminator = ConditionalGenerator(model_cfg), ProjectionDiscriminator(model_cfg)
+    return GAN(
+        generator=generator,
+        discriminator=discriminator,
+        opt_g=torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999)),
+        opt_d=torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999)),
+        serving=GeneratorForServing(generator),
+    )
+
+
 # --- train / evaluate ----------------------------------------------------------------------
 
 
-def train_epoch(
-    generator: ConditionalGenerator,
-    discriminator: ProjectionDiscriminator,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    cfg: GANTrainConfig,
-    rng: torch.Generator,
+def train_one_epoch(
+    gan: GAN, x: torch.Tensor, y: torch.Tensor, cfg: GeneratorTrainConfig, rng: torch.Generator
 ) -> dict[str, float]:
-    """One pass over the real data (x in [-1, 1]); returns mean losses and D outputs."""
+    """One pass over the real data (x in [-1, 1]); returns mean losses and D outputs (EPOCH_STATS)."""
+    generator, discriminator = gan.generator, gan.discriminator
     generator.train()
     discriminator.train()
     latent_dim = generator.config.latent_dim
@@ -142,16 +175,16 @@ def train_epoch(
         d_loss = F.binary_cross_entropy_with_logits(
             logits_real, torch.full_like(logits_real, cfg.real_target)
         ) + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
-        opt_d.zero_grad(set_to_none=True)
+        gan.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
-        opt_d.step()
+        gan.opt_d.step()
 
         # generator: make the discriminator call its images real (non-saturating loss)
         logits_gen = discriminator(fake, fake_labels)  # (B,)
         g_loss = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
-        opt_g.zero_grad(set_to_none=True)
+        gan.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
-        opt_g.step()
+        gan.opt_g.step()
 
         sums["d_loss"] += d_loss.item() * b
         sums["g_loss"] += g_loss.item() * b
@@ -162,7 +195,9 @@ def train_epoch(
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(generator: ConditionalGenerator, cfg: GANTrainConfig, rng: torch.Generator) -> None:
+def recalibrate_batchnorm(
+    generator: ConditionalGenerator, cfg: GeneratorTrainConfig, rng: torch.Generator
+) -> None:
     """Re-estimate the generator's BN running statistics for its final weights.
 
     During training the running averages trail weights that keep moving; averaging the batch
@@ -184,11 +219,13 @@ def recalibrate_batchnorm(generator: ConditionalGenerator, cfg: GANTrainConfig, 
     generator.eval()
 
 
-def evaluation_inputs(cfg: GANTrainConfig, gan: GANConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluation_inputs(
+    cfg: GeneratorTrainConfig, model_cfg: GeneratorConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed latents (N, L) and labels (N,): ``samples_per_class`` per class, class-major."""
     g = torch.Generator().manual_seed(cfg.eval_seed)
-    labels = torch.arange(gan.n_classes).repeat_interleave(cfg.samples_per_class)  # (N,)
-    return torch.randn(len(labels), gan.latent_dim, generator=g), labels
+    labels = torch.arange(model_cfg.n_classes).repeat_interleave(cfg.samples_per_class)  # (N,)
+    return torch.randn(len(labels), model_cfg.latent_dim, generator=g), labels
 
 
 @torch.no_grad()
@@ -234,79 +271,64 @@ def plot_samples(generated: torch.Tensor, real: torch.Tensor, path: Path, title:
     return path
 
 
-# --- main ----------------------------------------------------------------------------------
+# --- steps ---------------------------------------------------------------------------------
 
 
-def train(options: TrainOptions) -> TrainedModel:
-    """Train the GAN, judge its generator with the classifier, plot; returns it for export."""
-    cfg = GANTrainConfig()
-    cfg.epochs = options.epochs_for(cfg.epochs, cfg.dry_run_epochs)
-    with torch_threads(cfg.threads):
-        return fit(options, cfg)
+def fit(
+    gan: GAN,
+    real: tuple[torch.Tensor, torch.Tensor],
+    judge: ClassifierJudge,
+    evaluation: tuple[torch.Tensor, torch.Tensor],
+    cfg: GeneratorTrainConfig,
+    rng: torch.Generator,
+) -> History:
+    """Train for ``cfg.epochs``, judging the fixed evaluation samples after each, then
+    re-estimate the generator's batch-norm statistics.
 
-
-def fit(options: TrainOptions, cfg: GANTrainConfig) -> TrainedModel:
-    """The body of :func:`train`, with the configuration settled."""
-    # fail before training, not after, when there is no classifier to judge the samples
-    judge = ClassifierJudge(*find_classifier(options.store), threads=cfg.threads)
-    rng = seed_everything(options.seed)
-
-    real_images, real_labels = load_real()  # (N, 1, 8, 8) in 0..16, (N,)
-    x = real_images / 8.0 - 1.0  # (N, 1, 8, 8) in [-1, 1]
-    gan = GANConfig()
-    generator, discriminator = ConditionalGenerator(gan), ProjectionDiscriminator(gan)
-    serving = GeneratorForServing(generator)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
-    log.info(
-        "generator: %d parameters, discriminator: %d, %d real images; judged by classifier v%d",
-        num_parameters(generator),
-        num_parameters(discriminator),
-        len(x),
-        judge.manifest.version,
-    )
-
-    eval_latent, eval_labels = evaluation_inputs(cfg, gan)
-    history: dict[str, list[float]] = {
-        "D loss": [],
-        "G loss": [],
-        "D(real)": [],
-        "D(fake)": [],
-        "label accuracy": [],
-    }
-    started = time.perf_counter()
+    ``real`` is (images (N, 1, 8, 8) in [-1, 1], labels (N,)); ``evaluation`` is
+    :func:`evaluation_inputs`' (latent (M, L), labels (M,)).
+    """
+    history: History = {name: [] for name in (*EPOCH_STATS.values(), LABEL_ACCURACY)}
     progress = tqdm(range(cfg.epochs), desc="generator", unit="epoch")
     for _ in progress:
-        stats = train_epoch(generator, discriminator, opt_g, opt_d, x, real_labels, cfg, rng)
-        accuracy = evaluate(serving, judge, eval_latent, eval_labels)["label_accuracy"]
-        for key, name in (
-            ("d_loss", "D loss"),
-            ("g_loss", "G loss"),
-            ("d_real", "D(real)"),
-            ("d_fake", "D(fake)"),
-        ):
+        stats = train_one_epoch(gan, *real, cfg, rng)
+        accuracy = evaluate(gan.serving, judge, *evaluation)["label_accuracy"]
+        for key, name in EPOCH_STATS.items():
             history[name].append(stats[key])
-        history["label accuracy"].append(accuracy)
+        history[LABEL_ACCURACY].append(accuracy)
         progress.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}", acc=f"{accuracy:.3f}")
-    recalibrate_batchnorm(generator, cfg, rng)
-    seconds = time.perf_counter() - started
+    recalibrate_batchnorm(gan.generator, cfg, rng)
+    return history
 
-    result = evaluate(serving, judge, eval_latent, eval_labels)
-    generated = result["images"]  # (N, 1, 8, 8) in 0..16
-    dist_gen = intra_class_distance(generated, eval_labels, gan.n_classes)
-    dist_real = intra_class_distance(real_images, real_labels, gan.n_classes)
+
+def sample_metrics(
+    result: dict[str, Any],
+    eval_labels: torch.Tensor,
+    real: tuple[torch.Tensor, torch.Tensor],
+    history: History,
+    judge: ClassifierJudge,
+    n_classes: int,
+) -> dict[str, Any]:
+    """Label accuracy and intra-class distances of the final samples, for the manifest.
+
+    ``result`` is :func:`evaluate`'s on the fixed evaluation inputs (labels ``eval_labels``);
+    ``real`` is (images (N, 1, 8, 8) in 0..16 like the generated ones, labels (N,)).
+    """
+    real_images, real_labels = real
+    dist_gen = intra_class_distance(result["images"], eval_labels, n_classes)
+    dist_real = intra_class_distance(real_images, real_labels, n_classes)
     mean_gen, mean_real = float(np.mean(dist_gen)), float(np.mean(dist_real))
-    metrics = {
+    return {
         "label_accuracy": round(result["label_accuracy"], 6),
         "per_class_label_accuracy": {
-            label: round(a, 6) for label, a in zip(LABELS, result["per_class"], strict=True)
+            label: round(a, 6) for label, a in zip(DIGIT_LABELS, result["per_class"], strict=True)
         },
         "intra_class_distance_generated": round(mean_gen, 4),
         "intra_class_distance_real": round(mean_real, 4),
         "intra_class_distance_ratio": round(mean_gen / mean_real, 4),
         "per_class_intra_class_distance": {
             label: {"generated": round(g, 4), "real": round(r, 4)}
-            for label, g, r in zip(LABELS, dist_gen, dist_real, strict=True)
+            for label, g, r in zip(DIGIT_LABELS, dist_gen, dist_real, strict=True)
         },
         "final_d_loss": round(history["D loss"][-1], 6),
         "final_g_loss": round(history["G loss"][-1], 6),
@@ -315,21 +337,29 @@ def fit(options: TrainOptions, cfg: GANTrainConfig) -> TrainedModel:
         "judge": f"classifier v{judge.manifest.version} "
         f"(test_accuracy {judge.manifest.metrics.get('test_accuracy')})",
     }
-    log.info(
-        "generator: label accuracy %.4f, intra-class distance %.2f generated vs %.2f real, %.1f s",
-        result["label_accuracy"],
-        mean_gen,
-        mean_real,
-        seconds,
-    )
 
-    workdir = Path(options.workdir)
+
+def plot_results(
+    history: History,
+    generated: torch.Tensor,
+    real: tuple[torch.Tensor, torch.Tensor],
+    cfg: GeneratorTrainConfig,
+    n_classes: int,
+    label_accuracy: float,
+    workdir: Path,
+) -> list[Path]:
+    """The training curves and a grid of generated digits beside real ones, as PNGs in ``workdir``.
+
+    ``generated`` is (N, 1, 8, 8) in 0..16, class-major as :func:`evaluation_inputs` orders it;
+    ``real`` is (images (N', 1, 8, 8) in 0..16, labels (N',)).
+    """
+    real_images, real_labels = real
     per_row = min(10, cfg.samples_per_class)
-    grid = generated.view(gan.n_classes, cfg.samples_per_class, 8, 8)[:, :per_row]
+    grid = generated.view(n_classes, cfg.samples_per_class, 8, 8)[:, :per_row]  # (10, per_row, 8, 8)
     real_grid = torch.stack(
-        [real_images[real_labels == c][:per_row, 0] for c in range(gan.n_classes)]
+        [real_images[real_labels == c][:per_row, 0] for c in range(n_classes)]
     )  # (10, per_row, 8, 8)
-    artifacts = [
+    return [
         plot_curves(
             history,
             workdir / "generator_training_curves.png",
@@ -339,45 +369,99 @@ def fit(options: TrainOptions, cfg: GANTrainConfig) -> TrainedModel:
             grid,
             real_grid,
             workdir / "generator_samples.png",
-            f"conditional GAN samples (label accuracy {result['label_accuracy']:.3f})",
+            f"conditional GAN samples (label accuracy {label_accuracy:.3f})",
         ),
     ]
 
-    batch_dim = torch.export.Dim("batch", min=1, max=4096)
-    latent_dim = gan.latent_dim
-    return TrainedModel(
-        name="generator",
-        task="conditional-image-generation",
-        module=serving.eval(),
-        input_names=["latent", "labels"],
-        output_names=["images"],
-        example_inputs=lambda b: example_inputs(b, latent_dim),
-        dynamic_shapes={"latent": {0: batch_dim}, "labels": {0: batch_dim}},
-        metrics=metrics,
-        training={
-            "seed": options.seed,
-            "dry_run": options.dry_run,
-            **asdict(cfg),
-            "model": asdict(gan),
-            "optimizer": "Adam",
-            "loss": "non-saturating BCE, one-sided label smoothing",
-            "loop_seconds": round(seconds, 1),
-            "judge_classifier_version": judge.manifest.version,
-        },
-        dataset={
-            "name": "sklearn.datasets.load_digits",
-            "n_samples": len(real_images),
-            "split": "none: the GAN trains on all images; it is judged by the classifier on "
-            "generated samples",
-            "scaling": "pixels 0..16 mapped to [-1, 1] for training",
-        },
-        labels=LABELS,
-        serving={"latent_dim": gan.latent_dim, "num_classes": gan.n_classes, "value_range": [0, 16]},
-        artifacts=artifacts,
-    )
+
+def dataset_record(n_samples: int) -> dict[str, Any]:
+    """The manifest's ``dataset`` section: all of ``load_digits``, unsplit."""
+    return {
+        "name": "sklearn.datasets.load_digits",
+        "n_samples": n_samples,
+        "split": "none: the GAN trains on all images; it is judged by the classifier on generated samples",
+        "scaling": "pixels 0..16 mapped to [-1, 1] for training",
+    }
 
 
 def example_inputs(batch: int, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic example inputs for export and parity: latent (B, L), labels (B,) int64."""
     g = torch.Generator().manual_seed(batch)
     return torch.randn(batch, latent_dim, generator=g), torch.arange(batch) % 10
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def train(options: TrainOptions) -> TrainedModel:
+    """Train the GAN, judge its generator with the classifier, plot; returns it for export."""
+    cfg = GeneratorTrainConfig()
+    cfg.epochs = options.epochs_for(cfg.epochs, cfg.dry_run_epochs)
+    with torch_threads(cfg.threads):
+        # fail before training, not after, when there is no classifier to judge the samples
+        judge = ClassifierJudge(*find_classifier(options.store), threads=cfg.threads)
+        rng = seed_everything(options.seed)
+        real_images, real_labels = load_real()  # (N, 1, 8, 8) in 0..16, (N,)
+        x = real_images / 8.0 - 1.0  # (N, 1, 8, 8) in [-1, 1]
+        model_cfg = GeneratorConfig()
+        gan = build_gan(model_cfg, cfg)
+        log.info(
+            "generator: %d parameters, discriminator: %d, %d real images; judged by classifier v%d",
+            num_parameters(gan.generator),
+            num_parameters(gan.discriminator),
+            len(x),
+            judge.manifest.version,
+        )
+        evaluation = evaluation_inputs(cfg, model_cfg)  # fixed latents (M, L), labels (M,)
+        started = time.perf_counter()
+        history = fit(gan, (x, real_labels), judge, evaluation, cfg, rng)
+        seconds = time.perf_counter() - started
+        result = evaluate(gan.serving, judge, *evaluation)
+        real = (real_images, real_labels)
+        metrics = sample_metrics(result, evaluation[1], real, history, judge, model_cfg.n_classes)
+        log.info(
+            "generator: label accuracy %.4f, intra-class distance %.2f generated vs %.2f real, %.1f s",
+            result["label_accuracy"],
+            metrics["intra_class_distance_generated"],
+            metrics["intra_class_distance_real"],
+            seconds,
+        )
+        artifacts = plot_results(
+            history,
+            result["images"],
+            real,
+            cfg,
+            model_cfg.n_classes,
+            result["label_accuracy"],
+            Path(options.workdir),
+        )
+
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    latent_dim = model_cfg.latent_dim
+    return TrainedModel(
+        name="generator",
+        task="conditional-image-generation",
+        module=gan.serving.eval(),
+        input_names=["latent", "labels"],
+        output_names=["images"],
+        example_inputs=lambda b: example_inputs(b, latent_dim),
+        dynamic_shapes={"latent": {0: batch_dim}, "labels": {0: batch_dim}},
+        metrics=metrics,
+        training=training_record(
+            options,
+            cfg,
+            model_cfg,
+            optimizer="Adam",
+            loss="non-saturating BCE, one-sided label smoothing",
+            loop_seconds=round(seconds, 1),
+            judge_classifier_version=judge.manifest.version,
+        ),
+        dataset=dataset_record(len(real_images)),
+        labels=DIGIT_LABELS,
+        serving={
+            "latent_dim": model_cfg.latent_dim,
+            "num_classes": model_cfg.n_classes,
+            "value_range": [0, 16],
+        },
+        artifacts=artifacts,
+    )

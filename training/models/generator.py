@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 
 @dataclass
-class GANConfig:
+class GeneratorConfig:
     image_size: int = 8  # height and width of the images, in pixels (must be 8: 2 -> 4 -> 8)
     n_classes: int = 10  # number of classes the generator is conditioned on (digits 0-9)
     latent_dim: int = 32  # size L of the Gaussian noise vector fed to the generator
@@ -51,7 +51,7 @@ class GANConfig:
 class ConditionalGenerator(nn.Module):
     """(latent (B, L), labels (B,)) -> images (B, 1, 8, 8) in [-1, 1]."""
 
-    def __init__(self, config: GANConfig) -> None:
+    def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         assert config.image_size == 8, f"the layer stack makes 8x8 images, got {config.image_size}"
         assert config.g_channels % 2 == 0, f"g_channels must be even, got {config.g_channels}"
@@ -85,7 +85,7 @@ class ConditionalGenerator(nn.Module):
 class ProjectionDiscriminator(nn.Module):
     """(images (B, 1, 8, 8) in [-1, 1], labels (B,)) -> real/fake logits (B,)."""
 
-    def __init__(self, config: GANConfig) -> None:
+    def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
         c, s = config.d_channels, config.image_size
@@ -129,7 +129,3 @@ class GeneratorForServing(nn.Module):
     def forward(self, latent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = self.generator(latent, labels)  # (B, 1, 8, 8) in [-1, 1]
         return (images + 1.0) * (self.generator.config.pixel_max / 2)  # (B, 1, 8, 8) in 0..16
-
-
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
