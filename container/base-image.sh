@@ -6,7 +6,7 @@
 # imports it in seconds instead of running debootstrap again. Both the archive's name and a
 # label on the image carry a hash of this script, so a changed recipe makes a new base.
 set -euo pipefail
-image="${BASE_IMAGE:-localhost/debian:bookworm}"
+image=localhost/debian:bookworm
 suite="${DEBIAN_SUITE:-bookworm}"
 cache="${MODELSERVE_CACHE:-$HOME/.cache/modelserve}"
 recipe="$(sha256sum "$0" | cut -c1-12)"
