@@ -47,6 +47,19 @@ def test_manifest_matches_its_file_and_its_graph(name):
     assert manifest.dataset
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_models_carry_no_source_locations(name):
+    """The exporter's per-node stack traces (the training machine's file paths) are stripped."""
+    _, path = load_verified(COMMITTED_STORE, name)
+    proto = onnx.load(str(path))
+    keys = {prop.key for node in proto.graph.node for prop in node.metadata_props}
+    keys |= {
+        prop.key for function in proto.functions for node in function.node for prop in node.metadata_props
+    }
+    assert "pkg.torch.onnx.stack_trace" not in keys
+    assert b'File "/' not in path.read_bytes()
+
+
 def test_classifier_meets_its_bar():
     manifest, _ = load_verified(COMMITTED_STORE, "classifier")
     assert manifest.metrics["test_accuracy"] >= 0.98

@@ -86,9 +86,31 @@ def export_onnx(model: TrainedModel, path: Path) -> onnx.ModelProto:
         )
     program.save(str(path))
     proto = onnx.load(str(path))
+    strip_source_locations(proto)
+    onnx.save(proto, str(path))
     onnx.checker.check_model(proto, full_check=True)
     check_dynamic_axes(model, proto)
     return proto
+
+
+# The exporter records, per node, the Python stack that produced it: absolute file paths of
+# the machine that trained the model and line numbers of its source. Neither belongs in an
+# artifact that is shipped, and a reformatted source file would change the model's bytes.
+_SOURCE_LOCATION_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
+
+
+def strip_source_locations(proto: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node stack traces, in place (the graph itself is unchanged)."""
+    graphs = [proto.graph, *(function for function in proto.functions)]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [prop for prop in node.metadata_props if prop.key not in _SOURCE_LOCATION_KEYS]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            for attr in node.attribute:  # the bodies of If, Loop and Scan nodes
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
 
 
 def check_dynamic_axes(model: TrainedModel, proto: onnx.ModelProto) -> None:
