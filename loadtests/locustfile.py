@@ -25,7 +25,7 @@ tag                weight  requests
 Every answer is checked: status, shape, plausible values, and agreement with the earlier
 answer for the same input (checks.py). ``--max-p99-ms`` and ``--max-fail-ratio`` turn the
 run into a gate (exit code 1 and a one-line verdict); ``--shape`` picks a bounded load
-shape. ``locust --help`` lists these options under "modelserve load test".
+shape. docs/loadtesting.md lists every option this file adds (Locust's own --help cannot).
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def plot(
     fig.legend(loc="upper left", bbox_to_anchor=(0.08, 0.88))
     latency.set_title("Soak: latency and throughput over time")
     fig.tight_layout()
-    paths = [out / "soak_latency.png", out / "soak_memory.png"]
+    paths = [out / "soak-latency.png", out / "soak-memory.png"]
     fig.savefig(paths[0], dpi=100)
     plt.close(fig)
 

@@ -1,4 +1,8 @@
-"""The command-line options this locustfile adds to Locust's own (``locust --help`` lists them)."""
+"""The command-line options this locustfile adds to Locust's own.
+
+Locust's `--help` is printed before the locustfile is read, so it cannot list them;
+docs/loadtesting.md does.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ def register(parser) -> None:
         "--shape-users",
         type=int,
         default=None,
-        help=f"Peak users of the step, ramp and spike shapes (default {DEFAULT_PEAK_USERS})",
+        help="Peak users of the step, ramp and spike shapes (default "
+        + ", ".join(f"{name} {users}" for name, users in DEFAULT_PEAK_USERS.items())
+        + ")",
     )
     group.add_argument(
         "--shape-seconds",
