@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from store_format import load_verified
-from training.cli import main
+from store_format import MANIFEST_FILE, Gate, latest_version, load_verified
+from training.cli import EXIT_REJECTED, main
 from training.models.classifier import (
     ClassifierConfig,
     DigitClassifier,
@@ -19,6 +23,7 @@ from training.models.classifier import (
 )
 from training.options import TrainOptions
 from training.train_classifier import (
+    QUALITY_BAR,
     ClassifierTrainConfig,
     confusion_matrix,
     load_split,
@@ -121,6 +126,13 @@ def test_committed_classifier_manifest() -> None:
     assert "seed" in manifest.training
 
 
+def test_committed_classifier_passes_the_quality_bar_with_margin() -> None:
+    manifest, _ = load_verified(COMMITTED_STORE, "classifier")
+    assert Gate.evaluate(QUALITY_BAR, manifest.metrics).verdict == "passed"
+    # the 2-epoch retrain that once replaced it (test accuracy 0.936) would not
+    assert Gate.evaluate(QUALITY_BAR, {**manifest.metrics, "test_accuracy": 0.936}).verdict == "rejected"
+
+
 @pytest.mark.parametrize("batch", [1, 7, 360])
 def test_committed_classifier_onnx_takes_raw_pixels(batch: int) -> None:
     _, path = load_verified(COMMITTED_STORE, "classifier")
@@ -135,18 +147,47 @@ def test_committed_classifier_onnx_takes_raw_pixels(batch: int) -> None:
 # --- training, export, publication ---------------------------------------------------------
 
 
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """The training command's exit status and what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(argv)
+    return status, printed.getvalue()
+
+
 @pytest.fixture(scope="module")
-def dry_run_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding one classifier trained, exported and published by the CLI's dry run."""
+def dry_run_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+    """A store serving the committed classifier (v1), then a CLI dry run published beside it (v2).
+
+    A dry run is too short to reach the bar, so v2 is the case the gate exists for: a worse
+    retrain landing in the store that serves a good model. Returns (store, exit status, output).
+    """
     store = tmp_path_factory.mktemp("store")
-    assert main(["train", "classifier", "--dry-run", "--seed", "0", "--out", str(store)]) == 0
-    return store
+    shutil.copytree(COMMITTED_STORE / "classifier" / "1", store / "classifier" / "1")
+    status, printed = run_cli(["train", "classifier", "--dry-run", "--seed", "0", "--out", str(store)])
+    return store, status, printed
 
 
 @pytest.mark.slow
-def test_dry_run_learns_and_publishes(dry_run_store: Path) -> None:
-    manifest, path = load_verified(dry_run_store, "classifier")
-    assert manifest.version == 1
+def test_dry_run_is_rejected_kept_and_not_served(dry_run_store: tuple[Path, int, str]) -> None:
+    store, status, printed = dry_run_store
+    assert status == EXIT_REJECTED
+    manifest, path = load_verified(store, "classifier", 2)
+    accuracy = manifest.metrics["test_accuracy"]
+    assert manifest.gate is not None and manifest.gate.verdict == "rejected"
+    assert [check.metric for check in manifest.gate.checks] == ["test_accuracy"]
+    assert f"quality gate: classifier/2\n  test_accuracy = {accuracy} (bar >= 0.97): MISSED" in printed
+    assert f"REJECTED: not served, kept at {store / 'classifier' / '2'}" in printed
+    assert path.is_file()  # kept for inspection
+    assert latest_version(store, "classifier") == 1  # the committed model is still the one served
+    saved = json.loads((path.parent / MANIFEST_FILE).read_text())
+    assert saved["gate"]["verdict"] == "rejected" and saved["gate"]["checks"][0]["threshold"] == 0.97
+
+
+@pytest.mark.slow
+def test_dry_run_learns_and_publishes(dry_run_store: tuple[Path, int, str]) -> None:
+    manifest, path = load_verified(dry_run_store[0], "classifier", 2)
+    assert manifest.version == 2
     metrics = manifest.metrics
     assert metrics["test_accuracy"] > 0.5  # chance is 0.1
     assert metrics["test_loss"] < math.log(10) - 0.5  # below the loss of a uniform guess
@@ -158,8 +199,23 @@ def test_dry_run_learns_and_publishes(dry_run_store: Path) -> None:
 
 
 @pytest.mark.slow
-def test_same_seed_same_metrics_and_onnx_matches_pytorch(dry_run_store: Path, tmp_path: Path) -> None:
-    manifest, path = load_verified(dry_run_store, "classifier")
+def test_force_publishes_a_missed_bar_as_servable(dry_run_store: tuple[Path, int, str]) -> None:
+    store = dry_run_store[0]
+    status, printed = run_cli(["train", "classifier", "--dry-run", "--force", "--out", str(store)])
+    assert status == 0
+    manifest, _ = load_verified(store, "classifier", 3)
+    assert manifest.gate is not None and manifest.gate.verdict == "forced"
+    assert "MISSED" in printed and "FORCED: missed its bar, published as servable" in printed
+    assert latest_version(store, "classifier") == 3
+    # same seed, same model: the forced version is the rejected one, published on purpose
+    assert manifest.metrics == load_verified(store, "classifier", 2)[0].metrics
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_and_onnx_matches_pytorch(
+    dry_run_store: tuple[Path, int, str], tmp_path: Path
+) -> None:
+    manifest, path = load_verified(dry_run_store[0], "classifier", 2)
     trained = train(TrainOptions(seed=0, epochs=None, dry_run=True, store=tmp_path, workdir=tmp_path))
     published = {k: v for k, v in manifest.metrics.items() if k != "onnx_parity_max_abs_diff"}
     assert trained.metrics == published

@@ -1,10 +1,13 @@
 """``python -m training train classifier|forecaster|generator|all [options]``.
 
-Options: ``--epochs N``, ``--seed S``, ``--out DIR`` and ``--dry-run``.
+Options: ``--epochs N``, ``--seed S``, ``--out DIR``, ``--dry-run`` and ``--force``.
 
 Each trainer module exposes ``train(options) -> TrainedModel``; this file only parses
 arguments, runs them in dependency order (the generator is judged by the classifier,
-so ``all`` trains the classifier first) and publishes each result.
+so ``all`` trains the classifier first), publishes each result with its quality verdict and
+prints that verdict. Exit status: 0 when every model was published as servable (``passed``
+or ``forced``), ``EXIT_REJECTED`` (3) when at least one missed its bar and was kept as a
+rejected candidate, 1 on an error, 2 on a bad command line.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from store_format import Manifest
 from training.export import export_and_publish
 from training.options import TrainOptions
+
+EXIT_REJECTED = 3  # a model missed its quality bar: written to the store, but never served
 
 # Order matters for "all": the generator's evaluation reads the newest classifier in --out.
 TRAINERS = {
@@ -38,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="override the trainer's default")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", type=Path, default=Path("model_store"), help="model store to publish to")
-    train.add_argument("--dry-run", action="store_true", help="a quick smoke run (CI)")
+    train.add_argument(
+        "--dry-run", action="store_true", help="a quick smoke run (CI); it misses the quality bars"
+    )
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="publish a model that misses its quality bar as servable anyway (verdict 'forced')",
+    )
     return parser
 
 
@@ -49,19 +62,43 @@ def options_from_args(args: argparse.Namespace, workdir: Path) -> TrainOptions:
     )
 
 
+def verdict_block(manifest: Manifest, version_dir: Path) -> str:
+    """The gate's verdict for people: each check (metric, value, bar, ok/MISSED), then the outcome."""
+    gate = manifest.gate
+    lines = [f"quality gate: {manifest.name}/{manifest.version}"]
+    lines += [f"  {check.describe(manifest.metrics)}" for check in gate.checks]
+    outcome = {
+        "passed": "PUBLISHED as servable",
+        "rejected": f"REJECTED: not served, kept at {version_dir} for inspection",
+        "forced": "FORCED: missed its bar, published as servable because of --force",
+    }[gate.verdict]
+    lines.append(f"  -> {outcome}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train, export and publish each model asked for, one after the other; 0 on success."""
+    """Train, export and publish each model asked for, one after the other.
+
+    Returns 0 when every model is servable, ``EXIT_REJECTED`` when one or more were rejected.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     names = list(TRAINERS) if args.model == "all" else [args.model]
     started = time.perf_counter()
+    rejected = []
     for name in names:
         with tempfile.TemporaryDirectory() as workdir:
             options = options_from_args(args, Path(workdir))
             t0 = time.perf_counter()
             trained = importlib.import_module(TRAINERS[name]).train(options)
             trained.training.setdefault("train_seconds", round(time.perf_counter() - t0, 1))
-            manifest = export_and_publish(trained, args.out)
+            manifest = export_and_publish(trained, args.out, force=args.force)
         log.info("published %s/%s: %s", manifest.name, manifest.version, manifest.metrics)
+        print(verdict_block(manifest, args.out / manifest.name / str(manifest.version)), flush=True)
+        if not manifest.servable:
+            rejected.append(f"{manifest.name}/{manifest.version}")
     log.info("done in %.1f s", time.perf_counter() - started)
+    if rejected:
+        print(f"rejected by the quality gate: {', '.join(rejected)} (exit status {EXIT_REJECTED})")
+        return EXIT_REJECTED
     return 0

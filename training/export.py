@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from store_format import Manifest, TensorSpec, publish
+from store_format import Gate, Manifest, QualityCheck, TensorSpec, publish
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class TrainedModel:
     labels: list[str] | None = None
     serving: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)  # plots copied beside the model
+    # the bar its metrics must meet to be served; declared beside each trainer as QUALITY_BAR
+    quality_bar: tuple[QualityCheck, ...] = ()
 
 
 def export_onnx(model: TrainedModel, path: Path) -> onnx.ModelProto:
@@ -171,20 +173,25 @@ def graph_opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def export_and_publish(model: TrainedModel, store: Path) -> Manifest:
-    """Export, check and verify ``model``, then write it as the next version in ``store``."""
+def export_and_publish(model: TrainedModel, store: Path, force: bool = False) -> Manifest:
+    """Export, check and verify ``model``, judge it against its quality bar, then publish it.
+
+    It is written as the next version in ``store`` whatever the verdict: a version that misses
+    its bar is kept as ``rejected`` (for inspection, never served), or ``forced`` with ``force``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         proto = export_onnx(model, path)
         max_diff = check_parity(model, path)
         log.info("%s: ONNX Runtime matches PyTorch (max abs diff %.2e)", model.name, max_diff)
+        metrics = {**model.metrics, "onnx_parity_max_abs_diff": max_diff}
         fields = {
             "name": model.name,
             "task": model.task,
             "inputs": tensor_specs(proto.graph.input),
             "outputs": tensor_specs(proto.graph.output),
             "opset": graph_opset(proto),
-            "metrics": {**model.metrics, "onnx_parity_max_abs_diff": max_diff},
+            "metrics": metrics,
             "training": model.training,
             "dataset": model.dataset,
             "labels": model.labels,
@@ -196,5 +203,6 @@ def export_and_publish(model: TrainedModel, store: Path) -> Manifest:
                 "onnxruntime": ort.__version__,
                 "python": platform.python_version(),
             },
+            "gate": Gate.evaluate(model.quality_bar, metrics, force),
         }
         return publish(store, fields, path, extra_files=model.artifacts)
