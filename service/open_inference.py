@@ -73,10 +73,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON header and the binary tail of a request (the tail is empty without the extension)."""
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        length = int(header_length)
-    except ValueError:
-        length = -1
+    length = int(header_length) if header_length.isdigit() else -1  # no sign, space or "_"
     if not 0 < length <= len(body):
         raise InvalidInput(
             f"Inference-Header-Content-Length is {header_length!r}; it must be 1..{len(body)}",
@@ -104,7 +101,11 @@ def decode_inputs(request: InferRequest, binary: memoryview, manifest: Manifest)
         offset += used
         tensors[tensor.name] = array
     if offset != len(binary):
-        raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data belong to no input: the inputs' "
+            f"binary_data_size add up to {offset}, the binary data holds {len(binary)}",
+            {"parameter": "binary_data_size"},
+        )
     missing = sorted(set(declared) - set(tensors))
     if missing:
         raise InvalidInput(f"{manifest.name} needs the inputs {missing}", {"tensor": missing[0]})
@@ -132,20 +133,67 @@ def check_declared(tensor: InferInput, spec: TensorSpec) -> None:
         )
 
 
+# Parameters of the binary tensor data extension and of Triton's extensions this server does
+# not implement: a request that relies on one must hear so, not get an answer without it.
+_UNSUPPORTED_INPUT_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_UNSUPPORTED_OUTPUT_PARAMETERS = ("classification", *_UNSUPPORTED_INPUT_PARAMETERS)
+
+
+def bad_parameter(where: str, tensor: str | None, parameter: str, problem: str) -> InvalidInput:
+    """A 400 naming the tensor (if any) and the parameter at fault."""
+    detail = {"tensor": tensor, "parameter": parameter} if tensor is not None else {"parameter": parameter}
+    return InvalidInput(f"{where}: parameter {parameter!r} {problem}", detail)
+
+
+def refuse_unsupported(where: str, tensor: str | None, parameters: dict[str, Any], names: tuple) -> None:
+    for name in names:
+        if name in parameters:
+            raise bad_parameter(where, tensor, name, "is not supported by this server")
+
+
+def binary_data_size(tensor: InferInput) -> int | None:
+    """The input's ``binary_data_size``: absent, or a whole number of bytes (not 128.0, not True)."""
+    parameters = tensor.parameters
+    refuse_unsupported(f"input {tensor.name!r}", tensor.name, parameters, _UNSUPPORTED_INPUT_PARAMETERS)
+    if "binary_data_size" not in parameters:
+        return None
+    size = parameters["binary_data_size"]
+    if type(size) is not int or size < 0:  # bool is an int subclass; JSON 128.0 is a float
+        raise bad_parameter(
+            f"input {tensor.name!r}",
+            tensor.name,
+            "binary_data_size",
+            f"must be a whole number >= 0, not {size!r}",
+        )
+    return size
+
+
+def boolean_parameter(where: str, tensor: str | None, parameters: dict[str, Any], name: str) -> bool | None:
+    """A true/false parameter (``binary_data_output``, ``binary_data``): absent, or a JSON bool."""
+    value = parameters.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise bad_parameter(where, tensor, name, f"must be true or false, not {value!r}")
+    return value
+
+
 def tensor_data(tensor: InferInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """The tensor's array, and how many bytes of the binary tail it used."""
     dtype = np.dtype(NUMPY_DTYPES[tensor.datatype]).newbyteorder("<")
     count = math.prod(tensor.shape)
-    size = tensor.parameters.get("binary_data_size")
+    size = binary_data_size(tensor)
     if size is not None:
         if tensor.data is not None:
-            raise InvalidInput(f"input {tensor.name!r} has both data and binary_data_size")
-        if size != count * dtype.itemsize or offset + size > len(binary):
-            raise InvalidInput(
-                f"input {tensor.name!r}: binary_data_size {size} does not fit shape {tensor.shape} "
-                f"of {tensor.datatype} ({count * dtype.itemsize} bytes) and the {len(binary) - offset} "
-                "bytes left",
-                {"tensor": tensor.name},
+            raise bad_parameter(
+                f"input {tensor.name!r}", tensor.name, "binary_data_size", "is given together with data"
+            )
+        left = len(binary) - offset
+        if size != count * dtype.itemsize or size > left:
+            raise bad_parameter(
+                f"input {tensor.name!r}",
+                tensor.name,
+                "binary_data_size",
+                f"is {size}: shape {tensor.shape} of {tensor.datatype} takes {count * dtype.itemsize} "
+                f"bytes, and {left} bytes of binary data are left",
             )
         return np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(tensor.shape), size
     if tensor.data is None:
@@ -180,26 +228,38 @@ def json_array(tensor: InferInput, dtype: np.dtype, count: int) -> np.ndarray:
 # --- encoding ------------------------------------------------------------------------------
 
 
-def encode_outputs(
-    request: InferRequest, outputs: dict[str, np.ndarray], manifest: Manifest
-) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """Output tensor descriptions and, for those asked as binary, their bytes."""
+def requested_outputs(request: InferRequest, manifest: Manifest) -> list[tuple[str, bool]]:
+    """The outputs to answer, each with whether it goes as binary data; checked before inference."""
     wanted = request.outputs or [InferOutput(name=spec.name) for spec in manifest.outputs]
-    binary_default = bool(request.parameters.get("binary_data_output", False))
-    described, chunks = [], []
+    declared = [spec.name for spec in manifest.outputs]
+    binary_default = boolean_parameter("the request", None, request.parameters, "binary_data_output")
+    plan = []
     for output in wanted:
-        if output.name not in outputs:
+        if output.name not in declared:
             raise InvalidInput(
-                f"{manifest.name} has no output {output.name!r}; its outputs are {sorted(outputs)}",
+                f"{manifest.name} has no output {output.name!r}; its outputs are {sorted(declared)}",
                 {"tensor": output.name},
             )
-        array = outputs[output.name]
+        where = f"output {output.name!r}"
+        refuse_unsupported(where, output.name, output.parameters, _UNSUPPORTED_OUTPUT_PARAMETERS)
+        as_binary = boolean_parameter(where, output.name, output.parameters, "binary_data")
+        plan.append((output.name, bool(binary_default) if as_binary is None else as_binary))
+    return plan
+
+
+def encode_outputs(
+    plan: list[tuple[str, bool]], outputs: dict[str, np.ndarray], manifest: Manifest
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Output tensor descriptions and, for those asked as binary, their bytes."""
+    described, chunks = [], []
+    for name, as_binary in plan:
+        array = outputs[name]
         entry: dict[str, Any] = {
-            "name": output.name,
-            "datatype": manifest.output(output.name).datatype,
+            "name": name,
+            "datatype": manifest.output(name).datatype,
             "shape": list(array.shape),
         }
-        if output.parameters.get("binary_data", binary_default):
+        if as_binary:
             data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
@@ -248,7 +308,10 @@ async def server_ready(request: Request) -> Response:
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of a version", name="model_metadata")
 async def model_version_metadata(request: Request, name: str, version: str | None) -> Response:
-    manifest = _pipeline(request, name, version).model.manifest
+    model = _pipeline(request, name, version).model
+    manifest = model.manifest
+    # The provider the session really got, which can differ from the one asked for.
+    runtime = {"execution_provider": model.provider}
     return json_response(
         {
             "name": manifest.name,
@@ -256,7 +319,7 @@ async def model_version_metadata(request: Request, name: str, version: str | Non
             "platform": "onnxruntime_onnx",
             "inputs": [spec.to_dict() for spec in manifest.inputs],
             "outputs": [spec.to_dict() for spec in manifest.outputs],
-            "parameters": {"task": manifest.task, "labels": manifest.labels, **manifest.serving},
+            "parameters": {"task": manifest.task, "labels": manifest.labels, **manifest.serving, **runtime},
         }
     )
 
@@ -330,7 +393,8 @@ async def _infer(request: Request, pipeline: Pipeline) -> Response:
     infer_request = parse(header, InferRequest)
     manifest = pipeline.model.manifest
     tensors = decode_inputs(infer_request, binary, manifest)
-    outputs, chunks = encode_outputs(infer_request, await pipeline.answer_tensors(tensors), manifest)
+    plan = requested_outputs(infer_request, manifest)
+    outputs, chunks = encode_outputs(plan, await pipeline.answer_tensors(tensors), manifest)
     answer: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version)}
     if infer_request.id is not None:
         answer["id"] = infer_request.id

@@ -1,0 +1,160 @@
+"""Reliability: every fault answered with a JSON 4xx that names it, outputs within their range.
+
+Each test drives a real ``bentoml serve`` over real HTTP on 127.0.0.1 (the session's
+``server`` fixture, or a server of its own where the test needs a special model store).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_service import co2_like, digit_images
+
+pytestmark = pytest.mark.slow
+
+V2_CLASSIFY = "/v2/models/classifier/infer"
+IMAGE_BYTES = 64 * 4  # one [1,1,8,8] FP32 image
+
+
+def binary_request(header: dict, tail: bytes) -> dict:
+    """httpx keyword arguments of a V2 request with the binary tensor data extension."""
+    head = json.dumps(header).encode()
+    return {
+        "content": head + tail,
+        "headers": {
+            "Inference-Header-Content-Length": str(len(head)),
+            "content-type": "application/octet-stream",
+        },
+    }
+
+
+def one_image(parameters: dict, request_parameters: dict | None = None, outputs: list | None = None) -> dict:
+    header: dict = {
+        "inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32", "parameters": parameters}]
+    }
+    if request_parameters is not None:
+        header["parameters"] = request_parameters
+    if outputs is not None:
+        header["outputs"] = outputs
+    return header
+
+
+IMAGE_TAIL = np.asarray(digit_images(1)[0], dtype=np.float32).tobytes()
+HISTORY = np.asarray([co2_like(200)], dtype=np.float32)
+
+# (name, header, binary tail, tensor the error must name, parameter it must name)
+BAD_BINARY = [
+    ("size is a float", one_image({"binary_data_size": 256.0}), IMAGE_TAIL, "images", "binary_data_size"),
+    ("size is negative", one_image({"binary_data_size": -256}), IMAGE_TAIL, "images", "binary_data_size"),
+    ("size is a bool", one_image({"binary_data_size": True}), IMAGE_TAIL, "images", "binary_data_size"),
+    ("size is a string", one_image({"binary_data_size": "256"}), IMAGE_TAIL, "images", "binary_data_size"),
+    ("size is a list", one_image({"binary_data_size": [256]}), IMAGE_TAIL, "images", "binary_data_size"),
+    ("size is null", one_image({"binary_data_size": None}), IMAGE_TAIL, "images", "binary_data_size"),
+    (
+        "size over the bytes left",
+        one_image({"binary_data_size": IMAGE_BYTES}),
+        IMAGE_TAIL[:100],
+        "images",
+        "binary_data_size",
+    ),
+    (
+        "size is not the shape's",
+        one_image({"binary_data_size": 128}),
+        IMAGE_TAIL[:128],
+        "images",
+        "binary_data_size",
+    ),
+    (
+        "bytes left over",
+        one_image({"binary_data_size": IMAGE_BYTES}),
+        IMAGE_TAIL + b"\0" * 8,
+        None,
+        "binary_data_size",
+    ),
+    (
+        "binary_data_output is a string",
+        one_image({"binary_data_size": IMAGE_BYTES}, {"binary_data_output": "yes"}),
+        IMAGE_TAIL,
+        None,
+        "binary_data_output",
+    ),
+    (
+        "output binary_data is a number",
+        one_image(
+            {"binary_data_size": IMAGE_BYTES},
+            outputs=[{"name": "probabilities", "parameters": {"binary_data": 1}}],
+        ),
+        IMAGE_TAIL,
+        "probabilities",
+        "binary_data",
+    ),
+    (
+        "classification is not supported",
+        one_image(
+            {"binary_data_size": IMAGE_BYTES},
+            outputs=[{"name": "probabilities", "parameters": {"classification": 3}}],
+        ),
+        IMAGE_TAIL,
+        "probabilities",
+        "classification",
+    ),
+    (
+        "shared memory is not supported",
+        one_image({"shared_memory_region": "r0", "shared_memory_byte_size": IMAGE_BYTES}),
+        b"",
+        "images",
+        "shared_memory_region",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "tail", "tensor", "parameter"), BAD_BINARY, ids=[case[0] for case in BAD_BINARY]
+)
+def test_every_binary_extension_parameter_is_validated(server, name, header, tail, tensor, parameter):
+    with server.client() as http:
+        response = http.post(V2_CLASSIFY, **binary_request(header, tail))
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert isinstance(body["error"], str) and parameter in body["error"], body
+        assert body["detail"]["parameter"] == parameter, body
+        if tensor is not None:
+            assert tensor in body["error"] and body["detail"]["tensor"] == tensor, body
+        assert http.get("/readyz").status_code == 200
+
+
+def test_float_sizes_over_two_tensors_are_a_400_not_a_500(server):
+    """The case of the issue: the second tensor's offset was a float, and np.frombuffer raised."""
+    lengths = np.asarray([200], dtype=np.int64)
+    header = {
+        "inputs": [
+            {
+                "name": "history",
+                "shape": [1, 200],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": 800.0},
+            },
+            {"name": "lengths", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8.0}},
+        ]
+    }
+    with server.client() as http:
+        response = http.post(
+            "/v2/models/forecaster/infer", **binary_request(header, HISTORY.tobytes() + lengths.tobytes())
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == {"tensor": "history", "parameter": "binary_data_size"}
+
+
+def test_a_well_formed_binary_request_still_answers(server):
+    header = one_image({"binary_data_size": IMAGE_BYTES}, {"binary_data_output": True})
+    with server.client() as http:
+        response = http.post(V2_CLASSIFY, **binary_request(header, IMAGE_TAIL))
+    assert response.status_code == 200, response.text
+    head_length = int(response.headers["Inference-Header-Content-Length"])
+    head = json.loads(response.content[:head_length])
+    probabilities = np.frombuffer(response.content[head_length:], dtype="<f4")
+    assert head["outputs"][0]["parameters"]["binary_data_size"] == 40
+    assert probabilities.argmax() == digit_images(1)[1][0]
