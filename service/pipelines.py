@@ -59,7 +59,7 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
         self.model = model
         self.settings = settings
         self.metrics = ModelMetrics(model.name)
-        policy: BatchPolicy = settings.batch_policy(model.name)
+        policy: BatchPolicy = settings.batch_policy(model.name, on_gpu=model.on_gpu)
         in_thread = self.run_in_thread_by_default if policy.run_in_thread is None else policy.run_in_thread
         concurrency = (policy.max_concurrent_batches or cpu_budget().workers) if in_thread else 1
         self._executor = (
@@ -299,6 +299,11 @@ class GeneratorPipeline(Pipeline[GenerateRequest, tuple[np.ndarray, int], np.nda
     def __init__(self, model: LoadedModel, settings: Settings) -> None:
         super().__init__(model, settings)
         self.latent_dim = model.manifest.input("latent").shape[-1]
+        # The graph's last layer scales a tanh onto the declared range, and float rounding
+        # lands some pixels just outside it (-9.5e-7); clipped here, every image is one that
+        # /classify accepts.
+        low, high = model.manifest.serving.get("value_range", (0, 16))
+        self.value_range = (np.float32(low), np.float32(high))
 
     async def answer(self, body: GenerateRequest) -> dict[str, Any]:
         if body.seed is None:  # the client left the seed to us; the answer reports the one drawn
@@ -319,7 +324,7 @@ class GeneratorPipeline(Pipeline[GenerateRequest, tuple[np.ndarray, int], np.nda
         latent = np.stack([z for z, _ in items])  # (B, L)
         labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
         images = self.model.run({"latent": latent, "labels": labels})["images"]  # (B, 1, 8, 8)
-        return list(images)
+        return list(np.clip(images, *self.value_range, out=images))
 
     def encode(self, body: GenerateRequest, results: list[np.ndarray]) -> dict[str, Any]:
         if body.format == "png":

@@ -11,6 +11,8 @@ import json
 import numpy as np
 import pytest
 
+from store_format import read_manifest
+from tests.conftest import COMMITTED_STORE
 from tests.test_service import co2_like, digit_images
 
 pytestmark = pytest.mark.slow
@@ -158,3 +160,19 @@ def test_a_well_formed_binary_request_still_answers(server):
     probabilities = np.frombuffer(response.content[head_length:], dtype="<f4")
     assert head["outputs"][0]["parameters"]["binary_data_size"] == 40
     assert probabilities.argmax() == digit_images(1)[1][0]
+
+
+# --- item: generator outputs honour their declared range -------------------------------------
+
+
+def test_generated_images_stay_in_the_declared_range_and_classify_accepts_them(server):
+    low, high = read_manifest(COMMITTED_STORE / "generator" / "1").serving["value_range"]
+    labels = list(range(10)) * 10
+    with server.client() as http:
+        for seed in range(30):
+            answer = http.post("/generate", json={"labels": labels, "seed": seed, "format": "array"})
+            images = np.asarray(answer.json()["images"])
+            assert images.shape == (100, 8, 8)
+            assert images.min() >= low and images.max() <= high, (seed, images.min(), images.max())
+            classified = http.post("/classify", json={"images": images.tolist()})
+            assert classified.status_code == 200, classified.text
