@@ -74,7 +74,7 @@ def the_service(args: argparse.Namespace, folder: Path) -> Iterator[LocalService
     if args.host:
         yield LocalService(args.host, args.server_pid, Path("/dev/null"))
     else:
-        with local_service(folder / "server.log") as service:
+        with local_service(folder) as service:
             yield service
 
 
