@@ -82,6 +82,14 @@ RUNTIME = Gauge(
     multiprocess_mode="livemax",
 )
 
+MODEL_PROVIDER = Gauge(
+    f"{_NS}_model_provider_info",
+    "1, labelled with the execution provider each model's session really got (it can differ from "
+    "the one asked for when ONNX Runtime falls back to the CPU)",
+    ["model", "version", "provider"],
+    multiprocess_mode="livemax",
+)
+
 
 class ModelMetrics:
     """The metric children of one model, bound once so the hot path does no label lookups."""
@@ -123,6 +131,10 @@ class ModelMetrics:
 def record_runtime(workers: int, intra_op_threads: int, provider: str, cpus: float, cpu_source: str) -> None:
     """One series for the whole server: every worker sets the same labels."""
     RUNTIME.labels(str(workers), str(intra_op_threads), provider, f"{cpus:g}", cpu_source).set(1)
+
+
+def record_model_provider(model: str, version: int, provider: str) -> None:
+    MODEL_PROVIDER.labels(model, str(version), provider).set(1)
 
 
 def mark_ready(model: str, version: int) -> None:

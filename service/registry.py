@@ -14,9 +14,9 @@ from pathlib import Path
 from starlette.requests import Request
 
 from service.errors import ApiError, NotFound, Unavailable
-from service.metrics import mark_ready
+from service.metrics import mark_ready, record_model_provider
 from service.pipelines import PIPELINES, Pipeline
-from service.runtime import LoadedModel, ModelLoadError, SessionConfig, choose_providers
+from service.runtime import LoadedModel, ModelLoadError, SessionConfig, preload_cuda_libraries
 from service.settings import Settings
 from store_format import list_models
 
@@ -39,7 +39,8 @@ class ModelRegistry:
             log.error(
                 "no models to serve: %s is empty or missing (MODELSERVE_MODEL_STORE)", settings.model_store
             )
-        config = SessionConfig(tuple(choose_providers(settings.provider)), settings.threads_per_session)
+        preload_cuda_libraries()
+        config = SessionConfig.from_settings(settings)  # ProviderUnavailable stops the worker
         pipelines: dict[str, Pipeline] = {}
         for name in names:
             try:
@@ -58,10 +59,15 @@ class ModelRegistry:
         pipeline = pipeline_type(model, settings)
         sizes = pipeline.warmup()
         mark_ready(name, model.version)
+        record_model_provider(name, model.version, model.provider)
         log.info(
-            "%s ready on %s (%d intra-op threads), warmed up at batch sizes %s",
+            "%s ready on %s (asked for %s; session made in %.2f s; IO binding %s; %d intra-op threads), "
+            "warmed up at batch sizes %s",
             model.label,
             model.provider,
+            ",".join(config.providers),
+            model.session_created_s,
+            "on" if model.io_binding else "off",
             config.intra_op_threads,
             sizes,
         )

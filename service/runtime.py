@@ -2,15 +2,23 @@
 
 A :class:`LoadedModel` is one verified model version in one inference session, with the
 execution provider chosen once at start-up (CUDA when a GPU and the GPU build of ONNX
-Runtime are both present, CPU otherwise, or whatever the settings force).
+Runtime are both present, CPU otherwise, or whatever the settings force; TensorRT before
+CUDA when enabled). The provider a session really got is checked against the one asked
+for: ONNX Runtime falls back to the CPU silently when CUDA or cuDNN cannot be loaded.
+
+On a GPU, a batch runs through IO binding: its inputs are copied to the device once and
+its outputs come back once. The same code path runs on the CPU provider (docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -21,6 +29,10 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
+# IO binding names devices this way (OrtDevice), not by provider.
+_DEVICE_TYPES = {CPU: "cpu", CUDA: "cuda", TENSORRT: "cuda"}
 
 NUMPY_DTYPES = {
     "FP32": np.float32,
@@ -50,6 +62,10 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded: missing, tampered with, or not what its manifest says."""
 
 
+class ProviderUnavailable(ModelLoadError):
+    """The configured execution provider can never work on this machine: the server must stop."""
+
+
 def cuda_device_count() -> int:
     """GPUs the CUDA driver sees, without importing a framework (0 when there is no driver)."""
     try:
@@ -62,33 +78,155 @@ def cuda_device_count() -> int:
     return count.value
 
 
-def choose_providers(requested: str) -> list[str]:
+def has_gpu_build() -> bool:
+    """Whether this ONNX Runtime is the GPU build (it lists the CUDA provider)."""
+    return CUDA in ort.get_available_providers()
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN the way the GPU build documents (NVIDIA's pip packages first).
+
+    Only with the GPU build: the CPU build has nothing to preload. A library that cannot be
+    found is not an error here; the session then falls back to the CPU, which is detected
+    (see :func:`fallback_problem`).
+    """
+    if not has_gpu_build() or not hasattr(ort, "preload_dlls"):
+        return
+    try:
+        ort.preload_dlls()
+    except OSError as exc:
+        log.warning("onnxruntime.preload_dlls() could not load a CUDA/cuDNN library: %s", exc)
+
+
+def choose_providers(requested: str, tensorrt: bool = False) -> list[str]:
     """Execution providers for ``requested`` ("auto", "cpu" or "cuda"), best first.
 
     "auto" asks for CUDA only when both the GPU build of ONNX Runtime and a GPU are
-    present: asking for it without a GPU makes ONNX Runtime log provider errors.
+    present: asking for it without a GPU makes ONNX Runtime log provider errors. With
+    ``tensorrt``, TensorRT goes before CUDA when this build has it. Raises
+    :class:`ProviderUnavailable` when "cuda" is forced on a machine where it cannot work.
     """
-    has_cuda_build = CUDA in ort.get_available_providers()
     if requested == "cpu":
         return [CPU]
     if requested == "cuda":
-        if not has_cuda_build:
-            raise ModelLoadError(
+        if not has_gpu_build():
+            raise ProviderUnavailable(
                 "MODELSERVE_PROVIDER=cuda, but this ONNX Runtime has no CUDA provider: "
-                "install the `gpu` extra (onnxruntime-gpu) instead of `cpu`"
+                "install the `gpu` extra (onnxruntime-gpu) instead of `cpu`, or set MODELSERVE_PROVIDER=auto"
             )
         if cuda_device_count() == 0:
-            raise ModelLoadError("MODELSERVE_PROVIDER=cuda, but no CUDA GPU is visible")
-        return [CUDA, CPU]
-    if has_cuda_build and cuda_device_count() > 0:
-        return [CUDA, CPU]
-    return [CPU]
+            raise ProviderUnavailable(
+                "MODELSERVE_PROVIDER=cuda, but no CUDA GPU is visible (no driver, or CUDA_VISIBLE_DEVICES "
+                "hides them): run on a GPU machine, or set MODELSERVE_PROVIDER=auto or cpu"
+            )
+    elif not (has_gpu_build() and cuda_device_count() > 0):
+        return [CPU]
+    if tensorrt and TENSORRT in ort.get_available_providers():
+        return [TENSORRT, CUDA, CPU]
+    return [CUDA, CPU]
+
+
+def cuda_provider_options(
+    device_id: int = 0,
+    gpu_mem_limit_mb: int = 0,
+    cudnn_conv_algo_search: str = "HEURISTIC",
+    do_copy_in_default_stream: bool = True,
+) -> dict[str, str]:
+    """ONNX Runtime's CUDA provider options, as the strings it documents.
+
+    A memory limit of 0 leaves ONNX Runtime's own (none); the arena then grows by powers of
+    two (``kNextPowerOfTwo``), its default.
+    """
+    options = {
+        "device_id": str(device_id),
+        "cudnn_conv_algo_search": cudnn_conv_algo_search,
+        "do_copy_in_default_stream": "1" if do_copy_in_default_stream else "0",
+        "arena_extend_strategy": "kNextPowerOfTwo",
+    }
+    if gpu_mem_limit_mb:
+        options["gpu_mem_limit"] = str(gpu_mem_limit_mb * 1024 * 1024)
+    return options
+
+
+def tensorrt_provider_options(device_id: int, engine_cache_path: Path, fp16: bool) -> dict[str, str]:
+    """ONNX Runtime's TensorRT provider options: engines cached in ``engine_cache_path``."""
+    return {
+        "device_id": str(device_id),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(engine_cache_path),
+        "trt_fp16_enable": "True" if fp16 else "False",
+    }
+
+
+def fallback_problem(requested: Sequence[str], actual: Sequence[str]) -> str | None:
+    """What went wrong when a session did not get the provider asked for; None when it did.
+
+    ONNX Runtime drops a provider it cannot load (CUDA or cuDNN missing or of the wrong
+    version) and carries on with the next one, down to the CPU, logging only a warning.
+    Only a GPU asked for and the CPU got is a problem; TensorRT falling back to CUDA still
+    runs on the GPU (it is logged by the caller).
+    """
+    if not requested or requested[0] not in GPU_PROVIDERS:
+        return None
+    got = actual[0] if actual else "no provider"
+    if got in GPU_PROVIDERS:
+        return None
+    return (
+        f"{requested[0]} was asked for, but ONNX Runtime gave the session {got}: CUDA or cuDNN could "
+        "not be loaded (missing, or not the versions this onnxruntime-gpu was built for)"
+    )
+
+
+def provider_options(settings: Any) -> dict[str, dict[str, str]]:
+    """The options of each GPU provider that ``settings`` (MODELSERVE_CUDA__*, MODELSERVE_TRT__*) give."""
+    cuda, trt = settings.cuda, settings.trt
+    return {
+        CUDA: cuda_provider_options(
+            cuda.device_id, cuda.gpu_mem_limit_mb, cuda.cudnn_conv_algo_search, cuda.do_copy_in_default_stream
+        ),
+        TENSORRT: tensorrt_provider_options(cuda.device_id, trt.engine_cache_path, trt.fp16),
+    }
 
 
 @dataclass(frozen=True)
 class SessionConfig:
+    """How every session of a server is made: providers, their options, threads, binding."""
+
     providers: tuple[str, ...]
     intra_op_threads: int
+    # Options per provider name (providers without an entry get ONNX Runtime's defaults).
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Bind inputs/outputs per batch (one copy each way); None = only on a GPU provider.
+    io_binding: bool | None = None
+    # A GPU asked for and the CPU got is served anyway (logged) instead of refused.
+    allow_cpu_fallback: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SessionConfig:
+        """The config that ``settings`` (a :class:`service.settings.Settings`) describe.
+
+        Raises :class:`ProviderUnavailable` when the provider asked for cannot work here.
+        """
+        providers = tuple(choose_providers(settings.provider, settings.tensorrt))
+        options = provider_options(settings)
+        return cls(
+            providers,
+            settings.threads_per_session,
+            {name: options[name] for name in providers if name in options},
+            {"auto": None, "on": True, "off": False}[settings.io_binding],
+            settings.allow_cpu_fallback,
+        )
+
+    def provider_arguments(self) -> list[str | tuple[str, dict[str, str]]]:
+        """The ``providers`` argument of ``ort.InferenceSession``: names, with options where set."""
+        return [
+            (name, self.provider_options[name]) if name in self.provider_options else name
+            for name in self.providers
+        ]
+
+    @property
+    def device_id(self) -> int:
+        return int(self.provider_options.get(CUDA, {}).get("device_id", 0))
 
 
 class LoadedModel:
@@ -104,15 +242,33 @@ class LoadedModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning pool threads burn a core that the HTTP event loop needs (docs/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if TENSORRT in config.providers:
+            Path(config.provider_options[TENSORRT]["trt_engine_cache_path"]).mkdir(
+                parents=True, exist_ok=True
+            )
+        started = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(config.providers))
+            self.session = ort.InferenceSession(str(path), options, providers=config.provider_arguments())
         except Exception as exc:  # ONNX Runtime raises its own exception types
             raise ModelLoadError(f"{self.label}: ONNX Runtime cannot load {path}: {exc}") from exc
-        self.provider = self.session.get_providers()[0]
-        if config.providers[0] == CUDA and self.provider != CUDA:
-            raise ModelLoadError(f"{self.label}: CUDA was asked for, but the session runs on {self.provider}")
+        # With TensorRT this includes building (or loading from the cache) its engine.
+        self.session_created_s = time.perf_counter() - started
+        self.providers = tuple(self.session.get_providers())
+        self.provider = self.providers[0]
+        self.fallback = fallback_problem(config.providers, self.providers)
+        if self.fallback and not config.allow_cpu_fallback:
+            raise ModelLoadError(
+                f"{self.label}: {self.fallback}; MODELSERVE_ALLOW_CPU_FALLBACK=true serves it on the CPU"
+            )
+        if self.fallback:
+            log.warning("%s: %s; served on the CPU (CPU fallback allowed)", self.label, self.fallback)
+        if config.providers[0] == TENSORRT and self.provider != TENSORRT:
+            log.warning("%s: TensorRT was asked for, but the session runs on %s", self.label, self.provider)
         self._check_graph_matches_manifest()
         self.output_names = [spec.name for spec in manifest.outputs]
+        on_gpu = self.provider in GPU_PROVIDERS
+        self.io_binding = on_gpu if config.io_binding is None else config.io_binding
+        self._device = (_DEVICE_TYPES.get(self.provider, "cpu"), config.device_id if on_gpu else 0)
 
     @classmethod
     def load(cls, store: Path, name: str, version: int | None, config: SessionConfig) -> LoadedModel:
@@ -135,8 +291,33 @@ class LoadedModel:
     def label(self) -> str:
         return f"{self.manifest.name}/{self.manifest.version}"
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the session really runs on a GPU provider."""
+        return self.provider in GPU_PROVIDERS
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One ONNX Runtime call; with IO binding when the config (or a GPU) says so."""
+        if self.io_binding:
+            return self.run_bound(feeds)
         outputs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def run_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call through IO binding: each input goes to the device once, each output back once.
+
+        A binding per call, because batches of one model may run on several threads at once.
+        Outputs are allocated by ONNX Runtime on the session's device (their shape depends on
+        the batch) and copied to host memory in one step after the run.
+        """
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        device_type, device_id = self._device
+        for name in self.output_names:
+            binding.bind_output(name, device_type, device_id)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self.output_names, outputs, strict=True))
 
     def _check_graph_matches_manifest(self) -> None:

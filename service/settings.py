@@ -17,6 +17,10 @@ from pydantic_settings import SettingsError as EnvParseError
 
 from service.cpu_budget import CpuBudget, detect_cpu_budget
 
+# max_batch_size on a GPU when the settings leave it unset (64 on the CPU): a GPU's throughput
+# keeps growing with the batch long after a CPU's has levelled off (docs/batching.md).
+GPU_MAX_BATCH_SIZE = 256
+
 
 class BatchPolicy(BaseModel):
     """How requests for one model are merged into ONNX Runtime calls (see docs/batching.md)."""
@@ -42,6 +46,32 @@ class BatchPolicy(BaseModel):
     max_concurrent_batches: int | None = Field(1, ge=1, le=64)
 
 
+class CudaOptions(BaseModel):
+    """CUDA execution provider options (ONNX Runtime's names in docs/gpu.md)."""
+
+    # Which GPU the sessions run on (CUDA's numbering, after CUDA_VISIBLE_DEVICES).
+    device_id: int = Field(0, ge=0, le=63)
+    # Cap on the CUDA memory arena of each session, in MiB; 0 = no cap (the whole GPU).
+    gpu_mem_limit_mb: int = Field(0, ge=0)
+    # How cuDNN picks convolution algorithms. EXHAUSTIVE (ONNX Runtime's default) benchmarks
+    # every algorithm at the first call of each input shape; batches here come in every size
+    # from 1 to max_batch_size (and forecaster rows in every length), so that cost would recur
+    # on live requests long after warm-up. HEURISTIC asks cuDNN's heuristics instead, once.
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    # Copies on CUDA's default stream, ordered with the compute: ONNX Runtime's default and the
+    # safe choice while more than one session shares a GPU.
+    do_copy_in_default_stream: bool = True
+
+
+class TensorRtOptions(BaseModel):
+    """TensorRT execution provider options, used only with MODELSERVE_TENSORRT=true."""
+
+    # Built engines are kept here and reused at the next start (a build takes seconds to minutes).
+    engine_cache_path: Path = Path("trt_engine_cache")
+    # Let TensorRT pick fp16 kernels where it judges them accurate enough.
+    fp16: bool = False
+
+
 class Settings(BaseSettings):
     """Service configuration. Each field is read from ``MODELSERVE_<FIELD>``."""
 
@@ -57,6 +87,16 @@ class Settings(BaseSettings):
     model_versions: dict[str, int] = {}
     # Execution provider: "auto" (CUDA when a GPU and onnxruntime-gpu are present), "cpu", "cuda".
     provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # CUDA provider options, e.g. MODELSERVE_CUDA__DEVICE_ID=1, MODELSERVE_CUDA__GPU_MEM_LIMIT_MB=4096.
+    cuda: CudaOptions = CudaOptions()
+    # Put TensorRT before CUDA when this ONNX Runtime has it (MODELSERVE_TRT__* options).
+    tensorrt: bool = False
+    trt: TensorRtOptions = TensorRtOptions()
+    # Serve on the CPU when a GPU was asked for and ONNX Runtime fell back to the CPU (a
+    # CUDA/cuDNN mismatch does that silently). Off: such a model is not served, /readyz is 503.
+    allow_cpu_fallback: bool = False
+    # Bind inputs and outputs (one copy to the device per batch, one back): "auto" = on a GPU only.
+    io_binding: Literal["auto", "on", "off"] = "auto"
     # HTTP worker processes; 0 = one per core.
     workers: int = Field(0, ge=0, le=64)
     # ONNX Runtime intra-op threads per session; 0 = cores / workers (at least 1).
@@ -118,8 +158,12 @@ class Settings(BaseSettings):
                 )
         return self
 
-    def batch_policy(self, model: str) -> BatchPolicy:
-        return self.batch_overrides.get(model, self.batch)
+    def batch_policy(self, model: str, on_gpu: bool = False) -> BatchPolicy:
+        """``model``'s policy; on a GPU, a max_batch_size left unset is GPU_MAX_BATCH_SIZE."""
+        policy = self.batch_overrides.get(model, self.batch)
+        if on_gpu and "max_batch_size" not in policy.model_fields_set:
+            return policy.model_copy(update={"max_batch_size": GPU_MAX_BATCH_SIZE})
+        return policy
 
     @property
     def worker_count(self) -> int:
