@@ -19,6 +19,7 @@ from service.metrics import record_runtime
 from service.middleware import JsonErrors
 from service.registry import ModelRegistry, WorkerBoard
 from service.routes import INFERENCE_ROUTES, create_app
+from service.runtime import ProviderUnavailable, SessionConfig
 from service.settings import cpu_budget, get_settings
 
 # BentoML sets the root logger to WARNING; model loading and readiness are worth an INFO line.
@@ -26,6 +27,13 @@ logging.getLogger("service").setLevel(logging.INFO)
 log = logging.getLogger(__name__)
 
 settings = get_settings()
+# BentoML imports this module before it starts any worker: a provider that can never work
+# here (MODELSERVE_PROVIDER=cuda without a GPU or the GPU build) stops `bentoml serve` now,
+# with one message and exit status 1, instead of failing in every worker it restarts.
+try:
+    SessionConfig.from_settings(settings)
+except ProviderUnavailable as exc:
+    raise SystemExit(f"modelserve cannot start: {exc}") from None
 app = create_app()
 
 
