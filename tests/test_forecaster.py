@@ -9,11 +9,21 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from store_format import load_verified
+from store_format import Gate, load_verified
 from training import cli
 from training.export import PARITY_ATOL, TrainedModel, check_parity, export_onnx
+from training.forecast_baselines import (
+    RIDGE_WINDOW,
+    bands,
+    comparison_metrics,
+    fit_ridge,
+    seasonal_naive_step_drift,
+    targets,
+)
+from training.forecaster_report import report
 from training.models.forecaster import Forecaster, ForecasterConfig
 from training.train_forecaster import (
+    QUALITY_BAR,
     ForecasterTrainConfig,
     dynamic_shapes,
     evaluate,
@@ -115,6 +125,68 @@ def test_baseline_is_last_year_plus_last_years_change():
     assert origins(100, 204, 52) == list(range(100, 153))  # 53 origins in a 104-week window
 
 
+def trend_and_season(n: int = 1200) -> np.ndarray:
+    """A series whose future is known: a linear trend plus an exact 52-week season."""
+    t = np.arange(n, dtype=np.float64)
+    return 300.0 + 0.04 * t + 3.0 * np.sin(2 * np.pi * t / 52) + 0.5 * np.cos(4 * np.pi * t / 52 + 1)
+
+
+def test_both_seasonal_naive_forms_are_exact_on_trend_plus_season():
+    y = trend_and_season()
+    for end in (200, 700, 1100):
+        for baseline in (seasonal_naive_drift, seasonal_naive_step_drift):
+            np.testing.assert_allclose(baseline(y, end, 52), y[end : end + 52], atol=1e-9)
+
+
+def test_step_drift_is_last_value_plus_drift_per_step_plus_detrended_season():
+    y = np.arange(400, dtype=np.float64) ** 1.3  # a trend that bends: the two forms differ
+    end, h = 300, np.arange(1, 53)
+    t = end - 1
+    drift, slope = (y[t] - y[t - 156]) / 156, (y[t] - y[t - 52]) / 52
+    want = y[t] + h * drift + (y[t + h - 52] - y[t - 52] - h * slope)
+    np.testing.assert_allclose(seasonal_naive_step_drift(y, end, 52), want)
+    assert not np.allclose(want, seasonal_naive_drift(y, end, 52))
+
+
+def test_ridge_learns_trend_plus_season():
+    y = trend_and_season()
+    ridge = fit_ridge(y, val_start=900, test_start=1000, horizon=52)
+    ends = origins(1000, len(y), 52)
+    assert np.abs(ridge.predict(y, ends) - targets(y, ends, 52)).max() < 0.01
+    assert ridge.n_train_origins == 900 - 52 + 1 - RIDGE_WINDOW
+
+
+def test_ridge_is_fitted_on_training_weeks_only(series):
+    val_start, test_start = split_points(len(series), ForecasterTrainConfig())
+    ridge = fit_ridge(series, val_start, test_start, 52)
+    changed_test = series.copy()
+    changed_test[test_start:] += np.random.default_rng(0).normal(0, 5, len(series) - test_start)
+    same = fit_ridge(changed_test, val_start, test_start, 52)
+    assert same.alpha == ridge.alpha
+    np.testing.assert_array_equal(same.weights, ridge.weights)
+    np.testing.assert_array_equal(same.intercept, ridge.intercept)
+    # ...while the training weeks do shape it (so the check above could fail)
+    changed_train = series.copy()
+    changed_train[1000:1100] += 1.0
+    assert not np.allclose(fit_ridge(changed_train, val_start, test_start, 52).weights, ridge.weights)
+
+
+def test_comparison_metrics_per_band_with_known_errors():
+    truth = np.zeros((3, 52))
+    model = truth - 1.0  # one ppm too low everywhere
+    model[:, :13] = truth[:, :13] - 3.0  # three in the first band
+    baseline = truth + 2.0
+    metrics = comparison_metrics(model, {"ridge": baseline}, truth)
+    assert [name for name, _ in bands(52)] == ["weeks_1_13", "weeks_14_26", "weeks_27_39", "weeks_40_52"]
+    assert metrics["test_mae"] == 1.5 and metrics["test_bias"] == -1.5
+    assert metrics["test_mae_weeks_1_13"] == 3.0 and metrics["test_bias_weeks_1_13"] == -3.0
+    assert metrics["test_mae_weeks_40_52"] == 1.0
+    assert metrics["baseline_mae_ridge"] == 2.0 and metrics["mae_ratio_to_ridge"] == 0.75
+    assert metrics["mae_ratio_to_ridge_weeks_1_13"] == 1.5
+    assert metrics["mae_ratio_to_ridge_weeks_14_26"] == 0.5
+    assert metrics["test_steps_biased_low"] == 52
+
+
 # --- ONNX export of a fresh model -------------------------------------------------------------
 
 
@@ -199,6 +271,15 @@ def test_committed_onnx_reproduces_held_out_metrics(committed, series):
     assert abs(np.abs(base - truth).mean() - manifest.metrics["baseline_mae"]) < 1e-3
 
 
+def test_committed_model_against_every_baseline():
+    """The figures docs/training.md states, and the committed model meets the forecaster's bar."""
+    _, metrics = report(STORE, 1)
+    assert Gate.evaluate(QUALITY_BAR, metrics).verdict == "passed"
+    assert metrics["mae_ratio_to_ridge"] == pytest.approx(0.953, abs=0.001)
+    assert metrics["mae_ratio_to_ridge_weeks_1_13"] == pytest.approx(1.145, abs=0.001)
+    assert metrics["test_steps_biased_low"] == 52
+
+
 # --- training -------------------------------------------------------------------------------------
 
 
@@ -217,11 +298,19 @@ def test_loss_falls_on_a_fixed_batch(series):
 
 
 @pytest.mark.slow
-def test_dry_run_trains_exports_and_publishes(tmp_path):
-    assert cli.main(["train", "forecaster", "--dry-run", "--out", str(tmp_path)]) == 0
-    manifest, path = load_verified(tmp_path, "forecaster")
-    assert manifest.version == 1 and path.is_file()
+def test_dry_run_trains_exports_and_publishes_a_rejected_candidate(tmp_path, capsys):
+    # two short epochs do not beat the baselines: the version is written but rejected
+    assert cli.main(["train", "forecaster", "--dry-run", "--out", str(tmp_path)]) == cli.EXIT_REJECTED
+    manifest, path = load_verified(tmp_path, "forecaster", 1)
+    assert path.is_file() and manifest.gate is not None and manifest.gate.verdict == "rejected"
+    printed = capsys.readouterr().out
+    assert "quality gate: forecaster/1\n  mae_ratio_to_ridge = " in printed and "REJECTED" in printed
     metrics = manifest.metrics
+    for band, _ in bands(52):
+        assert np.isfinite(metrics[f"mae_ratio_to_ridge_{band}"]) and np.isfinite(
+            metrics[f"test_bias_{band}"]
+        )
+    assert metrics["mae_ratio_to_ridge"] > 1.0
     assert metrics["probe_loss_end"] < metrics["probe_loss_start"]  # the loss moved down
     assert metrics["onnx_parity_max_abs_diff"] <= PARITY_ATOL
     assert metrics["test_origins"] > 0 and np.isfinite(metrics["test_mae"])

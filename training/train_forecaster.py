@@ -5,8 +5,9 @@ evaluation only; the ``val_weeks`` before them pick the best epoch; everything b
 trains. Training draws random windows of random length from the training part, so the model
 sees variable-length, right-padded batches. Evaluation uses rolling forecast origins: every
 origin whose next ``horizon`` weeks lie inside the evaluated window, each with all the history
-before it (capped at ``max_length``), compared with the seasonal-naive-with-drift baseline
-``y[t+h-52] + (y[t] - y[t-52])``.
+before it (capped at ``max_length``), compared with the baselines of
+:mod:`training.forecast_baselines` (two seasonal-naive-with-drift forms and a ridge regression
+fitted on the training weeks), overall and per 13-week band of the horizon.
 """
 
 from __future__ import annotations
@@ -24,14 +25,39 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from store_format import QualityCheck
 from training.common import num_parameters, plot_curves, seed_everything, torch_threads, training_record
 from training.export import TrainedModel
+from training.forecast_baselines import held_out_comparison, origins, seasonal_naive_drift
 from training.models.forecaster import Forecaster, ForecasterConfig
 from training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-SEASON = 52  # weeks per yearly cycle, for the baseline
+# What a forecaster must reach on the held-out weeks to be served: a lower MAE than every
+# baseline of training/forecast_baselines.py. The ridge is the strongest (the committed model
+# reaches 0.95x its MAE); the issue's goal of 0.85x overall needs a better model first.
+QUALITY_BAR = (
+    QualityCheck(
+        "mae_ratio_to_ridge",
+        "<=",
+        1.0,
+        why="held-out MAE no higher than a ridge on the last 156 weeks fitted on the training weeks only",
+    ),
+    QualityCheck(
+        "mae_ratio_to_seasonal_naive_drift",
+        "<=",
+        1.0,
+        why="held-out MAE no higher than seasonal naive with one year's drift",
+    ),
+    QualityCheck(
+        "mae_ratio_to_seasonal_naive_step_drift",
+        "<=",
+        1.0,
+        why="held-out MAE no higher than seasonal naive with a drift per step",
+    ),
+)
+
 TRAIN_LOSS, VAL_MAE = "train loss (MAE, ppm)", "validation MAE (ppm)"
 
 History = dict[str, list[float]]  # one value per epoch for each named curve
@@ -115,19 +141,6 @@ def sample_batch(
 
 
 # --- evaluation ----------------------------------------------------------------------------
-
-
-def origins(start: int, stop: int, horizon: int) -> list[int]:
-    """History ends e (exclusive) with targets y[e : e + horizon] inside [start, stop)."""
-    return list(range(start, stop - horizon + 1))
-
-
-def seasonal_naive_drift(y: np.ndarray, end: int, horizon: int) -> np.ndarray:
-    """Last year's value plus last year's change: y[t+h-52] + (y[t] - y[t-52]), t = end - 1."""
-    assert horizon <= SEASON, f"the baseline needs horizon <= {SEASON}, got {horizon}"
-    t = end - 1
-    h = np.arange(1, horizon + 1)
-    return y[t + h - SEASON] + (y[t] - y[t - SEASON])
 
 
 @torch.no_grad()
@@ -273,6 +286,15 @@ def held_out_metrics(
         "probe_loss_start": round(summary["probe_start"], 4),
         "probe_loss_end": round(summary["probe_end"], 4),
     }
+    metrics.update(
+        held_out_comparison(
+            lambda y_, ends: forecast(model, y_, ends, model_cfg.max_length, cfg.eval_batch),
+            y,
+            val_start,
+            test_start,
+            model_cfg.horizon,
+        )
+    )
     for length in (model_cfg.min_length, 300, 500, 2000):  # same origins and targets, other caps
         metrics[f"test_mae_history_{length}"] = round(
             evaluate(model, y, test_start, len(y), length, cfg.eval_batch)["mae"], 4
@@ -475,4 +497,5 @@ def train(options: TrainOptions) -> TrainedModel:
             "padding": "right",
         },
         artifacts=artifacts,
+        quality_bar=QUALITY_BAR,
     )
