@@ -54,8 +54,10 @@ rm -f "$archive"
 podman save --quiet --format oci-archive --output "$archive" "$tag"
 if [ "$variant" = cpu ]; then
     # Only the SBOM file comes out of this stage; the build reuses the runtime build's layers.
-    build --target sbom --output "type=local,dest=$work/sbom"
+    build --target sbom --output "type=local,dest=$work/sbom" --iidfile "$work/sbom.iid"
     mv "$work/sbom/modelserve-cpu.sbom.json" "$dist/modelserve-cpu.sbom.json"
+    # podman also commits the one-file stage as an untagged image: nothing needs it.
+    podman rmi "$(cat "$work/sbom.iid")" >/dev/null
 fi
 
 size="$(podman image inspect --format '{{.Size}}' "$tag")"

@@ -119,10 +119,14 @@ def test_ca_bundle_is_a_build_secret_only(dockerfile: str) -> None:
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
 def test_dependencies_install_from_the_lock_with_hashes(dockerfile: str) -> None:
-    builder = " ".join(dockerfile_stages(dockerfile)["builder"])
+    stages = dockerfile_stages(dockerfile)
+    dependencies, project = " ".join(stages["dependencies"]), " ".join(stages["project"])
     lock = "requirements-cpu.lock" if dockerfile == "Dockerfile" else "requirements-gpu.lock"
-    assert re.search(rf"pip install [^&]*--require-hashes --no-deps [^&]*-r /tmp/locks/{lock}", builder)
-    assert re.search(r"pip install [^&]*--no-deps [^&]*modelserve-\*\.whl", builder)
+    assert re.search(rf"pip install [^&]*--require-hashes --no-deps [^&]*-r /tmp/locks/{lock}", dependencies)
+    assert re.search(r"pip install [^&]*--no-deps [^&]*modelserve-\*\.whl", project)
+    runtime = " ".join(stages["runtime"])
+    assert "COPY --from=dependencies /opt/venv /opt/venv" in runtime
+    assert "COPY --from=project /opt/project/ /opt/venv/lib/python3." in runtime
 
 
 def test_bento_holds_serving_code_models_and_locks_only() -> None:
