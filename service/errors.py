@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +109,23 @@ async def api_error_handler(_: Request, exc: Exception) -> Response:
     return json_response(exc.body(), exc.status, exc.headers)
 
 
-async def http_error_handler(_: Request, exc: Exception) -> Response:
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (404 no such route, 405 wrong method) in the one error shape."""
     assert isinstance(exc, HTTPException)
     return json_response(
-        {"error": exc.detail or "HTTP error", "status": exc.status_code},
+        {"error": exc.detail or "HTTP error", "detail": framework_detail(request.scope, exc.status_code)},
         exc.status_code,
         getattr(exc, "headers", None),
     )
 
 
+def framework_detail(scope: Scope, status: int) -> dict[str, Any]:
+    """What a framework error (no route, wrong method, ...) concerned: status, method and path."""
+    return {"status": status, "method": scope.get("method"), "path": scope.get("path")}
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    # The exception (its class, message and traceback) goes to the log only: it tells a
+    # client nothing it can act on, and may tell an attacker how the server is built.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return json_response({"error": "internal server error", "detail": type(exc).__name__}, 500)
+    return json_response({"error": "internal server error", "detail": "the cause is in the server log"}, 500)

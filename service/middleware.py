@@ -13,7 +13,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, json_response
+from service.errors import PayloadTooLarge, framework_detail, json_response
 
 
 class BodyLimit:
@@ -106,7 +106,8 @@ class ConnectionRecycler:
 
 class JsonErrors:
     """Rewrites the framework's plain-text error answers (404, 405, 503 from /readyz, ...)
-    as ``{"error": <their text>}``, so that every error a client sees is a JSON object.
+    as ``{"error": <their text>, "detail": {status, method, path}}``, the shape of every
+    other error, so that every error a client sees is a JSON object.
 
     Answers that already are JSON, and all successful ones, pass through untouched (at
     about half a microsecond per request, measured: no route needs to be left out).
@@ -134,7 +135,7 @@ class JsonErrors:
             if message.get("more_body", False):
                 return None
             text = b"".join(chunks).decode("utf-8", "replace").strip() or "error"
-            body = json.dumps({"error": text, "status": start["status"]}).encode()
+            body = json.dumps({"error": text, "detail": framework_detail(scope, start["status"])}).encode()
             headers = [
                 (k, v) for k, v in start["headers"] if k.lower() not in (b"content-type", b"content-length")
             ]

@@ -43,11 +43,16 @@ def require_json(request: Request) -> None:
 
 
 def parse(body: bytes, schema: type[Schema]) -> Schema:
-    """``body`` validated against ``schema``; 400 naming every field at fault."""
+    """``body`` validated against ``schema``; 400 naming every field at fault.
+
+    A schema whose fast validator words some refusals badly (a union reports how the value
+    fails every branch) offers ``explain_refusal(body)``, run only for a refused body.
+    """
     try:
         return schema.model_validate_json(body)
     except ValidationError as exc:
-        raise invalid_body(exc) from None
+        explain = getattr(schema, "explain_refusal", None)
+        raise invalid_body((explain and explain(body)) or exc) from None
 
 
 class JsonBody(Generic[Schema]):

@@ -13,11 +13,27 @@ from typing import Annotated, Literal
 
 import numpy as np
 from annotated_types import Len
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 Pixel = Annotated[float, Field(strict=True, ge=0, le=16, allow_inf_nan=False)]
 Image8x8 = Annotated[list[Annotated[list[Pixel], Len(8, 8)]], Len(8, 8)]
 Image1x8x8 = Annotated[list[Image8x8], Len(1, 1)]
+
+
+def image_layout(image: object) -> str:
+    """Which layout an image is meant to be, by its depth: [8,8] rows of numbers, or [1,8,8]."""
+    if isinstance(image, list) and image and isinstance(image[0], list) and image[0]:
+        return "[1,8,8]" if isinstance(image[0][0], list) else "[8,8]"
+    return "[8,8]"
+
+
+# The same images as ``Image8x8 | Image1x8x8``, but checked against the one layout the image's
+# depth says it is meant to be, so that an error names the one real fault rather than also
+# how the image fails the other layout ("List should have at most 1 item ..., not 8"). Used
+# only to explain a refusal: the plain union validates valid bodies in fewer microseconds.
+ImageOfItsLayout = Annotated[
+    Annotated[Image8x8, Tag("[8,8]")] | Annotated[Image1x8x8, Tag("[1,8,8]")], Discriminator(image_layout)
+]
 Value = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Digit = Annotated[int, Field(strict=True, ge=0, le=9)]
 
@@ -46,6 +62,19 @@ class ClassifyRequest(_Strict):
     images: Annotated[list[Image8x8 | Image1x8x8], Len(1)] = Field(
         description="n images, each [8][8] or [1][8][8], values 0..16"
     )
+
+    @classmethod
+    def explain_refusal(cls, body: bytes) -> ValidationError | None:
+        """The errors of a refused body, each image checked against its own layout only."""
+        try:
+            _ImagesOfTheirLayout.model_validate_json(body)
+        except ValidationError as exc:
+            return exc
+        return None
+
+
+class _ImagesOfTheirLayout(_Strict):
+    images: Annotated[list[ImageOfItsLayout], Len(1)]
 
 
 class ClassifyResponse(_Strict):

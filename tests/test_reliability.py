@@ -6,10 +6,14 @@ Each test drives a real ``bentoml serve`` over real HTTP on 127.0.0.1 (the sessi
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 import numpy as np
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 from store_format import read_manifest
 from tests.conftest import COMMITTED_STORE
@@ -176,3 +180,64 @@ def test_generated_images_stay_in_the_declared_range_and_classify_accepts_them(s
             assert images.min() >= low and images.max() <= high, (seed, images.min(), images.max())
             classified = http.post("/classify", json={"images": images.tolist()})
             assert classified.status_code == 200, classified.text
+
+
+# --- item: one error shape ---------------------------------------------------------------------
+
+ERROR_KEYS = {"error", "detail", "request_id"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nope", 404), ("GET", "/classify", 405), ("DELETE", "/v2/models/classifier/infer", 405)],
+)
+def test_framework_errors_have_the_one_error_shape(server, method, path, status):
+    with server.client() as http:
+        response = http.request(method, path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) <= ERROR_KEYS and {"error", "detail"} <= set(body), body
+    assert body["detail"]["status"] == status and body["detail"]["path"] == path, body
+
+
+def image_with(value: float) -> list[list[float]]:
+    image = [[0.0] * 8 for _ in range(8)]
+    image[0][7] = value
+    return image
+
+
+@pytest.mark.parametrize(
+    ("images", "field"),
+    [([image_with(17)], "images[0][0][7]"), ([[image_with(17)]], "images[0][0][0][7]")],
+    ids=["n,8,8", "n,1,8,8"],
+)
+def test_a_refused_image_is_named_by_its_one_real_fault(server, images, field):
+    with server.client() as http:
+        response = http.post("/classify", json={"images": images})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == f"invalid request: {field}: Input should be less than or equal to 16", body
+    assert body["detail"] == [{"field": field, "message": "Input should be less than or equal to 16"}]
+
+
+def test_an_unexpected_error_keeps_its_class_and_text_out_of_the_body():
+    """The one place no client input reaches: a route that fails, on the service's own app."""
+    from service.routes import create_app
+
+    app = create_app()
+
+    async def broken(request: Request) -> Response:
+        raise KeyError("/secret/server/path.onnx")
+
+    app.add_api_route("/broken", broken, methods=["GET"])
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.get("/broken")
+
+    response = asyncio.run(call())
+    assert response.status_code == 500
+    assert "KeyError" not in response.text and "secret" not in response.text
+    assert response.json()["error"] == "internal server error"
