@@ -23,6 +23,7 @@ from training.models.generator import (
 from training.options import TrainOptions
 from training.train_generator import (
     COMMITTED_STORE,
+    QUALITY_BAR,
     ClassifierJudge,
     GeneratorTrainConfig,
     evaluate,
@@ -126,6 +127,28 @@ def test_find_classifier_falls_back_to_the_committed_store(tmp_path: Path) -> No
     assert manifest.name == "classifier"
 
 
+def test_find_classifier_passes_over_a_rejected_classifier(tmp_path: Path) -> None:
+    """A classifier the gate rejected never judges: the committed one does."""
+    store = store_with_committed_classifier(tmp_path / "store")
+    path = store / "classifier" / "1" / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["gate"] = {
+        "verdict": "rejected",
+        "checks": [{"metric": "test_accuracy", "op": ">=", "threshold": 0.999, "why": "test"}],
+    }
+    path.write_text(json.dumps(manifest))
+    found, model_path = find_classifier(store)
+    assert found.gate is None and model_path == REPO_STORE / "classifier" / "1" / "model.onnx"
+    with pytest.raises(ManifestError, match="train it first"):
+        find_classifier(store, fallback=store)
+
+
+def test_committed_generator_passes_the_quality_bar() -> None:
+    manifest, _ = load_verified(REPO_STORE, "generator")
+    assert [check.metric for check in QUALITY_BAR] == ["label_accuracy", "intra_class_distance_ratio"]
+    assert all(check.passes(manifest.metrics) for check in QUALITY_BAR)
+
+
 def test_find_classifier_says_to_train_it_first(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="train it first"):
         find_classifier(tmp_path / "a", fallback=tmp_path / "b")
@@ -210,8 +233,11 @@ def test_dry_run_learns_something(dry_run: tuple[TrainedModel, Path]) -> None:
 @pytest.mark.slow
 def test_dry_run_publishes_a_matching_onnx_model(dry_run: tuple[TrainedModel, Path]) -> None:
     trained, store = dry_run
-    manifest, path = load_verified(store, "generator")
+    manifest, path = load_verified(store, "generator", 1)
     assert manifest.version == 1
+    # two epochs do not reach the bar: written for inspection, rejected, never served
+    assert manifest.gate is not None and manifest.gate.verdict == "rejected"
+    assert manifest.metrics["label_accuracy"] < 0.95 or manifest.metrics["intra_class_distance_ratio"] < 0.8
     assert manifest.metrics["onnx_parity_max_abs_diff"] <= 1e-4
     assert manifest.training["dry_run"] is True and manifest.training["seed"] == 0
     assert (path.parent / "generator_samples.png").is_file()

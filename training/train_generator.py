@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from store_format import Manifest, ManifestError, list_versions, load_verified
+from store_format import Manifest, ManifestError, QualityCheck, list_versions, load_verified, read_manifest
 from training.common import (
     DIGIT_LABELS,
     num_parameters,
@@ -47,6 +47,24 @@ log = logging.getLogger(__name__)
 # The repository's committed model store: where the judging classifier comes from when the
 # store being trained into has none.
 COMMITTED_STORE = Path(__file__).resolve().parents[1] / "model_store"
+
+# What a generator must reach to be served, judged on 1,000 samples (100 per digit). The
+# committed one reaches 0.984 and a distance ratio of 0.95; a generator that draws one image
+# per digit (mode collapse) can fool the judge, so the spread within each digit is checked too.
+QUALITY_BAR = (
+    QualityCheck(
+        "label_accuracy",
+        ">=",
+        0.95,
+        why="share of generated digits the served classifier recognises as the digit asked for",
+    ),
+    QualityCheck(
+        "intra_class_distance_ratio",
+        ">=",
+        0.8,
+        why="no mode collapse: generated digits of one class vary at least 0.8x as much as real ones",
+    ),
+)
 # The curves plotted per epoch: train_one_epoch's statistics under their plot labels, then
 # the classifier's label accuracy on the fixed evaluation samples.
 EPOCH_STATS = {"d_loss": "D loss", "g_loss": "G loss", "d_real": "D(real)", "d_fake": "D(fake)"}
@@ -85,12 +103,20 @@ def load_real() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def find_classifier(store: Path, fallback: Path = COMMITTED_STORE) -> tuple[Manifest, Path]:
-    """The newest verified classifier in ``store``, else in ``fallback``; raises if neither."""
+    """The classifier the service would serve from ``store``, else from ``fallback``; raises if neither.
+
+    A classifier its quality gate rejected is never the judge: the generator is judged by the
+    model users get.
+    """
     for candidate in (Path(store), Path(fallback)):
-        if list_versions(candidate, "classifier"):
+        versions = list_versions(candidate, "classifier")
+        # an unreadable manifest raises here, as it would in the service, rather than being skipped
+        if versions and any(read_manifest(candidate / "classifier" / str(v)).servable for v in versions):
             return load_verified(candidate, "classifier")
+        if versions:
+            log.info("every classifier in %s was rejected by its quality gate; looking further", candidate)
     raise ManifestError(
-        f"no classifier in {store} or {fallback}: the generator is evaluated by the classifier, "
+        f"no servable classifier in {store} or {fallback}: the generator is evaluated by the classifier, "
         "so train it first (python -m training train classifier --out <store>)"
     )
 
@@ -464,4 +490,5 @@ def train(options: TrainOptions) -> TrainedModel:
             "value_range": [0, 16],
         },
         artifacts=artifacts,
+        quality_bar=QUALITY_BAR,
     )
