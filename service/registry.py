@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from starlette.requests import Request
@@ -52,21 +53,28 @@ class ModelRegistry:
 
     @staticmethod
     def _load_one(settings: Settings, name: str, config: SessionConfig) -> Pipeline:
-        model = LoadedModel.load(settings.model_store, name, settings.model_versions.get(name), config)
+        # Only a TensorRT engine needs the largest batch before the pipeline exists (its profile).
+        largest = settings.batch_policy(name, on_gpu=True).max_batch_size
+        model = LoadedModel.load(
+            settings.model_store, name, settings.model_versions.get(name), config, largest
+        )
         pipeline_type = PIPELINES.get(model.manifest.task)
         if pipeline_type is None:
             raise ModelLoadError(f"{model.label}: no pipeline serves task {model.manifest.task!r}")
         pipeline = pipeline_type(model, settings)
-        sizes = pipeline.warmup()
+        started = time.perf_counter()
+        sizes = pipeline.warmup()  # with TensorRT, the first engine build (no cache yet) is here
+        warmup_s = time.perf_counter() - started
         mark_ready(name, model.version)
         record_model_provider(name, model.version, model.provider)
         log.info(
-            "%s ready on %s (asked for %s; session made in %.2f s; IO binding %s; %d intra-op threads), "
-            "warmed up at batch sizes %s",
+            "%s ready on %s (asked for %s; session made in %.2f s, warm-up %.2f s; IO binding %s; "
+            "%d intra-op threads), warmed up at batch sizes %s",
             model.label,
             model.provider,
             ",".join(config.providers),
             model.session_created_s,
+            warmup_s,
             "on" if model.io_binding else "off",
             config.intra_op_threads,
             sizes,

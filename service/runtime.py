@@ -158,6 +158,29 @@ def tensorrt_provider_options(device_id: int, engine_cache_path: Path, fp16: boo
     }
 
 
+def tensorrt_profile(inputs: Sequence[TensorSpec], max_batch_size: int, max_length: int) -> dict[str, str]:
+    """TensorRT optimisation profile covering every shape the service sends.
+
+    Without one, TensorRT builds an engine for the first shapes it sees and builds again each
+    time a batch is larger (on live requests). The batch axis goes 1..``max_batch_size``; any
+    other dynamic axis (the forecaster's history length) 1..``max_length``. The largest shape
+    is the one optimised for: that is where a busy server's batches are.
+    """
+
+    def dims(spec: TensorSpec, batch: int, other: int) -> str:
+        return "x".join(str(batch if i == 0 else other if d == -1 else d) for i, d in enumerate(spec.shape))
+
+    def shapes(batch: int, other: int) -> str:
+        return ",".join(f"{spec.name}:{dims(spec, batch, other)}" for spec in inputs)
+
+    largest = shapes(max_batch_size, max_length)
+    return {
+        "trt_profile_min_shapes": shapes(1, 1),
+        "trt_profile_max_shapes": largest,
+        "trt_profile_opt_shapes": largest,
+    }
+
+
 def fallback_problem(requested: Sequence[str], actual: Sequence[str]) -> str | None:
     """What went wrong when a session did not get the provider asked for; None when it did.
 
@@ -232,7 +255,10 @@ class SessionConfig:
 class LoadedModel:
     """One model version: its manifest and its ONNX Runtime session."""
 
-    def __init__(self, manifest: Manifest, path: Path, config: SessionConfig) -> None:
+    def __init__(
+        self, manifest: Manifest, path: Path, config: SessionConfig, max_batch_size: int = 256
+    ) -> None:
+        """``max_batch_size`` only sizes a TensorRT engine (its optimisation profile)."""
         self.manifest = manifest
         self.path = path
         options = ort.SessionOptions()
@@ -242,13 +268,12 @@ class LoadedModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning pool threads burn a core that the HTTP event loop needs (docs/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = config.provider_arguments()
         if TENSORRT in config.providers:
-            Path(config.provider_options[TENSORRT]["trt_engine_cache_path"]).mkdir(
-                parents=True, exist_ok=True
-            )
+            providers = self._with_tensorrt_profile(config, max_batch_size)
         started = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=config.provider_arguments())
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own exception types
             raise ModelLoadError(f"{self.label}: ONNX Runtime cannot load {path}: {exc}") from exc
         # With TensorRT this includes building (or loading from the cache) its engine.
@@ -264,20 +289,42 @@ class LoadedModel:
             log.warning("%s: %s; served on the CPU (CPU fallback allowed)", self.label, self.fallback)
         if config.providers[0] == TENSORRT and self.provider != TENSORRT:
             log.warning("%s: TensorRT was asked for, but the session runs on %s", self.label, self.provider)
+        elif self.provider == TENSORRT:
+            log.info(
+                "%s: TensorRT session made in %.1f s (engine cache %s; a first build finishes in warm-up)",
+                self.label,
+                self.session_created_s,
+                config.provider_options[TENSORRT]["trt_engine_cache_path"],
+            )
         self._check_graph_matches_manifest()
         self.output_names = [spec.name for spec in manifest.outputs]
         on_gpu = self.provider in GPU_PROVIDERS
         self.io_binding = on_gpu if config.io_binding is None else config.io_binding
         self._device = (_DEVICE_TYPES.get(self.provider, "cpu"), config.device_id if on_gpu else 0)
 
+    def _with_tensorrt_profile(
+        self, config: SessionConfig, max_batch_size: int
+    ) -> list[str | tuple[str, dict[str, str]]]:
+        """The session's providers, TensorRT's options completed with this model's profile."""
+        cache = Path(config.provider_options[TENSORRT]["trt_engine_cache_path"])
+        cache.mkdir(parents=True, exist_ok=True)
+        max_length = int(self.manifest.serving.get("max_length", 4096))
+        profile = tensorrt_profile(self.manifest.inputs, max_batch_size, max_length)
+        return [
+            (name, {**config.provider_options.get(name, {}), **(profile if name == TENSORRT else {})})
+            for name in config.providers
+        ]
+
     @classmethod
-    def load(cls, store: Path, name: str, version: int | None, config: SessionConfig) -> LoadedModel:
+    def load(
+        cls, store: Path, name: str, version: int | None, config: SessionConfig, max_batch_size: int = 256
+    ) -> LoadedModel:
         """Verify ``name`` (sha256 against its manifest), then load it."""
         try:
             manifest, path = load_verified(store, name, version)
         except ValueError as exc:  # ManifestError, IntegrityError
             raise ModelLoadError(f"{name}: {exc}") from exc
-        return cls(manifest, path, config)
+        return cls(manifest, path, config, max_batch_size)
 
     @property
     def name(self) -> str:

@@ -19,6 +19,7 @@ from service.runtime import (
     cuda_device_count,
     fallback_problem,
     provider_options,
+    tensorrt_profile,
 )
 from service.settings import GPU_MAX_BATCH_SIZE, Settings, SettingsError, get_settings
 from tests.conftest import COMMITTED_STORE
@@ -243,3 +244,38 @@ def test_io_binding_on_the_gpu_agrees_with_the_cpu():
     np.testing.assert_allclose(
         gpu.run({"images": images})["probabilities"], cpu.run({"images": images})["probabilities"], atol=1e-4
     )
+
+
+# --- TensorRT ----------------------------------------------------------------------------------
+
+HAS_TENSORRT = HAS_GPU and TENSORRT in ort.get_available_providers()
+
+
+def test_tensorrt_is_asked_for_only_when_enabled_and_present():
+    if not HAS_GPU:
+        assert choose_providers("auto", tensorrt=True) == [CPU]
+    elif HAS_TENSORRT:
+        assert choose_providers("auto", tensorrt=True) == [TENSORRT, CUDA, CPU]
+    assert TENSORRT not in choose_providers("auto", tensorrt=False)
+
+
+def test_the_tensorrt_profile_covers_batches_up_to_the_largest_and_dynamic_lengths():
+    forecaster = LoadedModel.load(COMMITTED_STORE, "forecaster", None, CPU_ONLY).manifest
+    profile = tensorrt_profile(forecaster.inputs, 256, 4096)
+    assert profile == {
+        "trt_profile_min_shapes": "history:1x1,lengths:1",
+        "trt_profile_max_shapes": "history:256x4096,lengths:256",
+        "trt_profile_opt_shapes": "history:256x4096,lengths:256",
+    }
+    classifier = LoadedModel.load(COMMITTED_STORE, "classifier", None, CPU_ONLY).manifest
+    assert tensorrt_profile(classifier.inputs, 64, 1)["trt_profile_max_shapes"] == "images:64x1x8x8"
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason="needs a CUDA GPU and ONNX Runtime's TensorRT provider")
+@pytest.mark.gpu
+def test_tensorrt_caches_its_engine_in_the_configured_folder(tmp_path):
+    settings = Settings(provider="cuda", tensorrt=True, trt={"engine_cache_path": tmp_path / "engines"})
+    model = LoadedModel.load(COMMITTED_STORE, "classifier", None, SessionConfig.from_settings(settings), 64)
+    assert model.provider == TENSORRT
+    model.run(_feeds("classifier", 64))
+    assert any((tmp_path / "engines").iterdir())
