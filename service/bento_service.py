@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from typing import Any
 
 import bentoml
 from bentoml._internal.context import server_context
@@ -66,6 +67,7 @@ class ModelService:
         )
         app.state.registry = self.registry
         app.state.is_ready = self.__is_ready__
+        app.state.readiness = self.readiness
         self._record_sizing()
 
     def _record_sizing(self) -> None:
@@ -100,11 +102,29 @@ class ModelService:
     def __is_ready__(self) -> bool:
         return self.registry.ready and self.board.all_ready()
 
+    def readiness(self) -> dict[str, Any]:
+        """Why this server is not ready, for /readyz's 503: each model's state, and late workers."""
+        models = self.registry.readiness()
+        faults = [f"model {name!r}: {reason}" for name, reason in models.items() if reason != "ready"]
+        if not models:
+            faults.append("the model store holds no model")
+        late = self.board.not_ready()
+        if late:
+            faults.append(f"worker(s) {late} not ready yet")
+        error = "not ready: " + "; ".join(faults) if faults else "not ready"
+        return {"error": error, "detail": {"models": models, "workers_not_ready": late}}
+
     @bentoml.on_shutdown
     async def close(self) -> None:
         # Requests still queued get a 503 now rather than no answer ever.
         await self.registry.close()
 
 
+def readiness() -> dict[str, Any]:
+    """/readyz's explanation of a 503: the answer of this worker's service, once it is made."""
+    explain = getattr(app.state, "readiness", None)
+    return explain() if explain else {"error": "not ready: the models are still loading"}
+
+
 # Framework answers (unknown paths, /readyz while not ready) become JSON objects too.
-ModelService.add_asgi_middleware(JsonErrors)
+ModelService.add_asgi_middleware(JsonErrors, explain={"/readyz": readiness})

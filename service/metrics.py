@@ -141,6 +141,11 @@ def mark_ready(model: str, version: int) -> None:
     READY.labels(model, str(version)).set(1)
 
 
+def mark_not_ready(model: str, version: int | None) -> None:
+    """A ready gauge of 0 for a model that failed to load: the series an operator alerts on."""
+    READY.labels(model, "" if version is None else str(version)).set(0)
+
+
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text of every worker (or of this process outside ``bentoml serve``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

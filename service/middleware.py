@@ -10,10 +10,15 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge, framework_detail, json_response
+
+# What explains an error at a path: {"error": <replacing the framework's text>, "detail": {...}}.
+Explanation = Callable[[], dict[str, Any]]
 
 
 class BodyLimit:
@@ -113,8 +118,12 @@ class JsonErrors:
     about half a microsecond per request, measured: no route needs to be left out).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, explain: Mapping[str, Explanation] | None = None) -> None:
         self.app = app
+        # Path -> what says more about an error at that path than the framework's text
+        # (/readyz: which models or workers are not ready); it may replace "error" and add to
+        # "detail".
+        self.explain = dict(explain or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,7 +144,15 @@ class JsonErrors:
             if message.get("more_body", False):
                 return None
             text = b"".join(chunks).decode("utf-8", "replace").strip() or "error"
-            body = json.dumps({"error": text, "detail": framework_detail(scope, start["status"])}).encode()
+            answer = {"error": text, "detail": framework_detail(scope, start["status"])}
+            explanation = self.explain.get(scope["path"])
+            if explanation is not None:
+                more = explanation()
+                answer = {
+                    "error": more.get("error", text),
+                    "detail": {**answer["detail"], **more.get("detail", {})},
+                }
+            body = json.dumps(answer).encode()
             headers = [
                 (k, v) for k, v in start["headers"] if k.lower() not in (b"content-type", b"content-length")
             ]

@@ -15,11 +15,11 @@ from pathlib import Path
 from starlette.requests import Request
 
 from service.errors import ApiError, NotFound, Unavailable
-from service.metrics import mark_ready, record_model_provider
+from service.metrics import mark_not_ready, mark_ready, record_model_provider
 from service.pipelines import PIPELINES, Pipeline
 from service.runtime import LoadedModel, ModelLoadError, SessionConfig, preload_cuda_libraries
 from service.settings import Settings
-from store_format import list_models
+from store_format import IntegrityError, ManifestError, list_models, list_versions
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,20 @@ class ModelRegistry:
 
     def __init__(self, pipelines: dict[str, Pipeline], failures: dict[str, str]) -> None:
         self.pipelines = pipelines
+        # Model name -> why it is not served, in words fit for a client: no file paths and no
+        # ONNX Runtime text (the log has those).
         self.failures = failures
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
         names = settings.models or list_models(settings.model_store)
         failures: dict[str, str] = {}
-        if not names:
-            failures["*"] = f"no models found in {settings.model_store}"
+        if not settings.models:
+            failures.update(folders_without_manifest(settings.model_store, names))
+        if not names and not failures:
             log.error(
-                "no models to serve: %s is empty or missing (MODELSERVE_MODEL_STORE)", settings.model_store
+                "no models to serve: %s is empty or missing (MODELSERVE_MODEL_STORE); /readyz stays 503",
+                settings.model_store,
             )
         preload_cuda_libraries()
         config = SessionConfig.from_settings(settings)  # ProviderUnavailable stops the worker
@@ -47,8 +51,14 @@ class ModelRegistry:
             try:
                 pipelines[name] = cls._load_one(settings, name, config)
             except ModelLoadError as exc:
-                failures[name] = str(exc)
+                failures[name] = public_reason(exc)
                 log.error("model %s is NOT served: %s", name, exc)
+        for name in failures:
+            mark_not_ready(
+                name,
+                settings.model_versions.get(name)
+                or max(list_versions(settings.model_store, name), default=None),
+            )
         return cls(pipelines, failures)
 
     @staticmethod
@@ -85,10 +95,20 @@ class ModelRegistry:
     def ready(self) -> bool:
         return bool(self.pipelines) and not self.failures
 
+    def readiness(self) -> dict[str, str]:
+        """Each model this worker knows of: "ready", or why it is not served."""
+        return {**dict.fromkeys(self.pipelines, "ready"), **self.failures}
+
     def pipeline(self, name: str) -> Pipeline:
         pipeline = self.pipelines.get(name)
         if pipeline is not None:
             return pipeline
+        if not self.pipelines and not self.failures:
+            raise Unavailable(
+                "no model is loaded: the model store holds none; the server is not ready",
+                {"model": name},
+                retry_after_s=60,
+            )
         if name in self.failures:
             raise Unavailable(
                 f"model {name!r} is not available: it failed to load",
@@ -101,6 +121,44 @@ class ModelRegistry:
         """At shutdown: every model answers what it still holds (see :meth:`Pipeline.close`)."""
         for pipeline in self.pipelines.values():
             await pipeline.close()
+
+
+def folders_without_manifest(store: Path, listed: list[str]) -> dict[str, str]:
+    """Model folders in ``store`` that no version's manifest.json makes servable, with why.
+
+    The store's own listing passes over such a folder; a model that was meant to be served
+    would then silently drop out of the default list. Here it is named, in the log and as
+    a failure that keeps /readyz at 503. Hidden folders (a publish in progress) are skipped.
+    """
+    store = Path(store)
+    if not store.is_dir():
+        return {}
+    found = {}
+    for folder in sorted(store.iterdir()):
+        if folder.name.startswith(".") or not folder.is_dir() or folder.name in listed:
+            continue
+        if not any(not entry.name.startswith(".") for entry in folder.iterdir()):
+            continue
+        log.error(
+            "model folder %s holds no version folder with a manifest.json (<name>/<version>/manifest.json): "
+            "model %s is NOT served and /readyz stays 503",
+            folder,
+            folder.name,
+        )
+        found[folder.name] = "no version of it has a manifest.json"
+    return found
+
+
+def public_reason(exc: ModelLoadError) -> str:
+    """Why a model failed to load, for clients: the kind of fault, not the file or library text."""
+    cause = exc.__cause__
+    if isinstance(cause, IntegrityError):
+        return "its model.onnx does not match the sha256 in its manifest"
+    if isinstance(cause, ManifestError):
+        return "its manifest is missing or invalid, or it has no servable version"
+    if cause is not None:
+        return "ONNX Runtime could not load its model.onnx"
+    return "it does not match its manifest or this server's configuration"
 
 
 def registry_of(request: Request) -> ModelRegistry:
@@ -128,9 +186,13 @@ class WorkerBoard:
             (self.directory / f"ready-{self.worker_index}").write_text(str(os.getpid()))
 
     def all_ready(self) -> bool:
+        return not self.not_ready()
+
+    def not_ready(self) -> list[int]:
+        """The indexes of the workers that have not announced themselves ready (or have died)."""
         if self.directory is None:
-            return True
-        return all(self._alive(self.directory / f"ready-{i}") for i in range(1, self.workers + 1))
+            return []
+        return [i for i in range(1, self.workers + 1) if not self._alive(self.directory / f"ready-{i}")]
 
     @staticmethod
     def _alive(note: Path) -> bool:

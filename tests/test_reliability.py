@@ -7,7 +7,11 @@ Each test drives a real ``bentoml serve`` over real HTTP on 127.0.0.1 (the sessi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import shutil
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from store_format import read_manifest
-from tests.conftest import COMMITTED_STORE
-from tests.test_service import co2_like, digit_images
+from tests.conftest import COMMITTED_STORE, serve
+from tests.test_service import co2_like, digit_images, metric_values
 
 pytestmark = pytest.mark.slow
 
@@ -241,3 +245,65 @@ def test_an_unexpected_error_keeps_its_class_and_text_out_of_the_body():
     assert response.status_code == 500
     assert "KeyError" not in response.text and "secret" not in response.text
     assert response.json()["error"] == "internal server error"
+
+
+# --- item: faults that say what failed -------------------------------------------------------
+
+
+def wait_until_loaded(http: httpx.Client, path: str = "/forecast") -> None:
+    """Until the forecaster answers: every model that will load has loaded by then."""
+    for _ in range(150):
+        if http.post(path, json={"series": [co2_like(200)]}).status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the forecaster never answered")
+
+
+def break_for_onnx_runtime(version_folder: Path) -> None:
+    """A model.onnx that passes its sha256 check but that ONNX Runtime cannot parse."""
+    model = version_folder / "model.onnx"
+    model.write_bytes(b"this is not an ONNX graph")
+    manifest = json.loads((version_folder / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
+    (version_folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_model_that_fails_to_load_is_named_without_paths_and_reported_in_metrics(tmp_path, store_copy):
+    break_for_onnx_runtime(store_copy / "classifier" / "1")
+    orphan = store_copy / "digits_v2" / "1"  # a model folder whose manifest was never written
+    orphan.mkdir(parents=True)
+    shutil.copyfile(COMMITTED_STORE / "classifier" / "1" / "model.onnx", orphan / "model.onnx")
+    with serve(tmp_path, store=store_copy, wait_ready=False) as server, server.client() as http:
+        wait_until_loaded(http)
+        ready = http.get("/readyz")
+        refused = http.post("/classify", json={"images": digit_images(1)[0]})
+        v2_ready = http.get("/v2/models/classifier/ready")
+        metrics = http.get("/metrics").text
+    assert ready.status_code == 503 and ready.headers["content-type"] == "application/json"
+    models = ready.json()["detail"]["models"]
+    assert models["forecaster"] == models["generator"] == "ready", models
+    assert models["classifier"] != "ready" and models["digits_v2"] != "ready", models
+    assert "classifier" in ready.json()["error"] and "digits_v2" in ready.json()["error"]
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert refused.json()["detail"]["model"] == "classifier"
+    for answer in (ready, refused, v2_ready):
+        assert str(tmp_path) not in answer.text and "model_store/" not in answer.text, answer.text
+        assert "ONNXRuntimeError" not in answer.text and "INVALID_PROTOBUF" not in answer.text, answer.text
+    assert metric_values(metrics, "modelserve_model_ready", "classifier") == {"": 0.0}
+    assert metric_values(metrics, "modelserve_model_ready", "digits_v2") == {"": 0.0}
+    assert metric_values(metrics, "modelserve_model_ready", "forecaster") == {"": 1.0}
+    log = server.log_text()
+    assert "model classifier is NOT served" in log and "INVALID_PROTOBUF" in log  # the detail stays here
+    assert "digits_v2" in log and "manifest.json" in log
+
+
+def test_an_empty_model_store_answers_503_not_ready(tmp_path):
+    empty = tmp_path / "empty_store"
+    empty.mkdir()
+    with serve(tmp_path, store=empty, wait_ready=False) as server, server.client() as http:
+        classify = http.post("/classify", json={"images": digit_images(1)[0]})
+        ready = http.get("/readyz")
+    assert classify.status_code == 503 and classify.headers["Retry-After"], classify.text
+    assert "not ready" in classify.json()["error"]
+    assert ready.status_code == 503 and "no model" in ready.json()["error"]
+    assert "no models to serve" in server.log_text()
