@@ -19,15 +19,17 @@ from bentoml._internal.context import server_context
 from service.metrics import record_runtime
 from service.middleware import JsonErrors
 from service.registry import ModelRegistry, WorkerBoard
+from service.request_ids import configure_logging
 from service.routes import INFERENCE_ROUTES, create_app
 from service.runtime import ProviderUnavailable, SessionConfig
 from service.settings import cpu_budget, get_settings
 
-# BentoML sets the root logger to WARNING; model loading and readiness are worth an INFO line.
-logging.getLogger("service").setLevel(logging.INFO)
 log = logging.getLogger(__name__)
 
 settings = get_settings()
+# BentoML sets the root logger to WARNING; model loading, readiness and failed requests are
+# worth an INFO line, each with its request id (as JSON lines with MODELSERVE_LOG_FORMAT=json).
+configure_logging(settings.log_format)
 # BentoML imports this module before it starts any worker: a provider that can never work
 # here (MODELSERVE_PROVIDER=cuda without a GPU or the GPU build) stops `bentoml serve` now,
 # with one message and exit status 1, instead of failing in every worker it restarts.

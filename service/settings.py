@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     max_connection_age_s: float = Field(2.0, ge=0)
     # One log line per request (BentoML's access log). Off by default: it costs throughput.
     access_log: bool = False
+    # The service's own log lines (model loading, failed requests with their request id):
+    # "text" in BentoML's format, or "json", one JSON object per line, for log collectors.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("models", mode="before")
     @classmethod

@@ -307,3 +307,69 @@ def test_an_empty_model_store_answers_503_not_ready(tmp_path):
     assert "not ready" in classify.json()["error"]
     assert ready.status_code == 503 and "no model" in ready.json()["error"]
     assert "no models to serve" in server.log_text()
+
+
+# --- item: request ids -------------------------------------------------------------------------
+
+
+def test_a_client_request_id_is_echoed_and_one_is_made_when_absent(server):
+    with server.client() as http:
+        echoed = [
+            http.get("/livez", headers={"X-Request-ID": "client-id-1"}),
+            http.post(
+                "/classify", json={"images": digit_images(1)[0]}, headers={"X-Request-ID": "client-id-2"}
+            ),
+        ]
+        made = [http.get("/livez"), http.post("/classify", json={"images": digit_images(1)[0]})]
+    assert [r.headers["x-request-id"] for r in echoed] == ["client-id-1", "client-id-2"]
+    ids = [r.headers["x-request-id"] for r in made]
+    assert all(ids) and len(set(ids)) == 2 and not {"client-id-1", "client-id-2"} & set(ids)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"x" * 129, "caf\u00e9".encode(), b"two\tfields", b""],
+    ids=["too long", "not ascii", "control character", "empty"],
+)
+def test_an_unfit_request_id_is_replaced(server, sent):
+    with server.client() as http:
+        response = http.get("/livez", headers=[(b"X-Request-ID", sent)])
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] not in ("", sent.decode("latin-1"))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("POST", "/classify", {"json": {"images": []}}, 400),
+        ("POST", "/forecast", {"content": b"[" + b"1," * 5_000_000 + b"1]"}, 413),
+        ("GET", "/nope", {}, 404),
+        ("GET", "/classify", {}, 405),
+        ("POST", "/v2/models/nope/infer", {"json": {}}, 404),
+    ],
+)
+def test_every_error_body_and_its_log_line_carry_the_request_id(server, method, path, kwargs, status):
+    request_id = f"err-{status}-{time.monotonic_ns()}"
+    with server.client() as http:
+        response = http.request(method, path, headers={"X-Request-ID": request_id}, **kwargs)
+    assert response.status_code == status
+    assert response.headers["x-request-id"] == request_id
+    assert response.json()["request_id"] == request_id
+    for _ in range(20):  # the worker's log line reaches the file a moment later
+        if f"answered {status}" in server.log_text() and request_id in server.log_text():
+            break
+        time.sleep(0.1)
+    line = next(line for line in server.log_text().splitlines() if request_id in line)
+    assert f"{method} {path} answered {status}" in line
+
+
+def test_json_logs_carry_the_request_id_of_a_failed_request(tmp_path):
+    with serve(tmp_path, workers="1", log_format="json") as server, server.client() as http:
+        http.post("/classify", json={"images": []}, headers={"X-Request-ID": "json-log-1"})
+        time.sleep(0.5)
+        log = server.log_text()
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    failed = [entry for entry in entries if entry["request_id"] == "json-log-1"]
+    assert len(failed) == 1 and failed[0]["level"] == "INFO", failed
+    assert "POST /classify answered 400" in failed[0]["message"]
+    assert any("ready on" in entry["message"] for entry in entries)  # loading goes the same way
