@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import shutil
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -373,3 +375,41 @@ def test_json_logs_carry_the_request_id_of_a_failed_request(tmp_path):
     assert len(failed) == 1 and failed[0]["level"] == "INFO", failed
     assert "POST /classify answered 400" in failed[0]["message"]
     assert any("ready on" in entry["message"] for entry in entries)  # loading goes the same way
+
+
+# --- item: pictures are decoded off the event loop ---------------------------------------------
+
+
+def big_jpeg() -> bytes:
+    """A 4000x3900 photo-sized JPEG of a dark "0" on white (15.6 Mpx, under the 16 Mpx limit)."""
+    image = Image.new("L", (4000, 3900), 255)
+    ImageDraw.Draw(image).ellipse((1200, 700, 2800, 3200), outline=0, width=300)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_other_requests_are_answered_while_a_big_picture_is_decoding(tmp_path):
+    picture = big_jpeg()
+
+    async def scenario(url: str) -> tuple[httpx.Response, int, int]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            upload = asyncio.create_task(http.post("/classify_image", files={"image": ("0.jpg", picture)}))
+            await asyncio.sleep(0.05)  # the upload is on its way: its body is 0.2 MB
+            before, after = 0, 0
+            while not upload.done():
+                probe = await http.get("/livez")
+                assert probe.status_code == 200
+                if upload.done():
+                    after += 1
+                else:
+                    before += 1
+            return await upload, before, after
+
+    # One worker: the probes and the upload share its event loop.
+    with serve(tmp_path, workers="1") as server:
+        upload, answered_meanwhile, _ = asyncio.run(scenario(server.url))
+    assert upload.status_code == 200 and upload.json()["label"] == 0, upload.text
+    # Decoding on the loop, no probe can be answered until the decode is over (at most the
+    # one in flight then); off the loop, they go on being answered while it runs.
+    assert answered_meanwhile >= 5, answered_meanwhile
