@@ -22,6 +22,7 @@ from service.registry import ModelRegistry, WorkerBoard
 from service.request_ids import configure_logging
 from service.routes import INFERENCE_ROUTES, create_app
 from service.runtime import ProviderUnavailable, SessionConfig
+from service.server_folder import leave_server_folder, use_server_folder
 from service.settings import cpu_budget, get_settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ settings = get_settings()
 # BentoML sets the root logger to WARNING; model loading, readiness and failed requests are
 # worth an INFO line, each with its request id (as JSON lines with MODELSERVE_LOG_FORMAT=json).
 configure_logging(settings.log_format)
+# This server's metrics and ready notes in a folder of its own, which no other server's start
+# can empty (service.server_folder). Before the service below creates any metric.
+use_server_folder(is_worker=server_context.worker_index is not None)
 # BentoML imports this module before it starts any worker: a provider that can never work
 # here (MODELSERVE_PROVIDER=cuda without a GPU or the GPU build) stops `bentoml serve` now,
 # with one message and exit status 1, instead of failing in every worker it restarts.
@@ -120,6 +124,7 @@ class ModelService:
     async def close(self) -> None:
         # Requests still queued get a 503 now rather than no answer ever.
         await self.registry.close()
+        leave_server_folder()
 
 
 def readiness() -> dict[str, Any]:

@@ -173,7 +173,7 @@ class WorkerBoard:
     """Readiness across worker processes: each ready worker leaves a note in a shared folder.
 
     BentoML routes a probe to any one worker, but "ready" must mean every worker is. The
-    folder is the Prometheus multi-process folder, which BentoML empties at each start.
+    folder is the server's own (``service.server_folder``): no other server's start empties it.
     """
 
     def __init__(self, directory: str | None, worker_index: int | None, workers: int) -> None:

@@ -21,6 +21,8 @@ from PIL import Image, ImageDraw
 from starlette.requests import Request
 from starlette.responses import Response
 
+from harness.server import ServerProcess, bentoml_command, free_port, service_env
+from service.server_folder import folder_of
 from store_format import read_manifest
 from tests.conftest import COMMITTED_STORE, serve
 from tests.test_service import co2_like, digit_images, metric_values
@@ -413,3 +415,39 @@ def test_other_requests_are_answered_while_a_big_picture_is_decoding(tmp_path):
     # Decoding on the loop, no probe can be answered until the decode is over (at most the
     # one in flight then); off the loop, they go on being answered while it runs.
     assert answered_meanwhile >= 5, answered_meanwhile
+
+
+# --- item: readiness and metrics that another server cannot break ------------------------------
+
+
+def requests_counted(http: httpx.Client) -> float:
+    return metric_values(http.get("/metrics").text, "modelserve_requests_total", "classifier").get("", 0.0)
+
+
+def test_a_second_server_with_the_same_bentoml_home_leaves_the_first_ready_and_counting(tmp_path):
+    images = digit_images(1)[0]
+    with serve(tmp_path, workers="2") as first, first.client() as http:
+        for _ in range(20):
+            assert http.post("/classify", json={"images": images}).status_code == 200
+        assert requests_counted(http) == 20
+        # The second server gets the first one's BENTOML_HOME (`env` sets it over the one the
+        # harness gives each server), whose Prometheus folder BentoML empties at every start.
+        home = tmp_path / f"bentoml-{first.url.rsplit(':', 1)[1]}"
+        assert (home / "prometheus_multiproc_dir").is_dir()
+        port = free_port()
+        command = ["env", f"BENTOML_HOME={home}", *bentoml_command(port)]
+        env = service_env(COMMITTED_STORE, {"MODELSERVE_WORKERS": "1"})
+        with ServerProcess(command, env, port, name="second", workdir=tmp_path) as second:
+            second.wait_until_up("/readyz", timeout_s=120)
+            for _ in range(5):  # the probe lands on either worker of the first server
+                assert http.get("/readyz").status_code == 200
+            assert requests_counted(http) == 20
+            for _ in range(5):
+                assert http.post("/classify", json={"images": images}).status_code == 200
+            assert requests_counted(http) == 25
+        for _ in range(5):  # and after the second server is gone
+            assert http.get("/readyz").status_code == 200
+        assert requests_counted(http) == 25
+        folders = [folder_of(first.process.pid), folder_of(second.process.pid)]
+        assert folders[0].is_dir() and not folders[1].exists()  # the second's last worker tidied up
+    assert not folders[0].exists()
