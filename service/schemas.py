@@ -145,6 +145,9 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(description="what was wrong")
     detail: object | None = Field(None, description="where: e.g. [{field, message}, ...]")
+    request_id: str = Field(
+        description="the request's id, also in the X-Request-ID header and in the server's log line"
+    )
 
 
 ERROR_RESPONSES = {
