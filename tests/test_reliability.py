@@ -1,6 +1,6 @@
 """Reliability: every fault answered with a JSON 4xx that names it, outputs within their range.
 
-Each test drives a real ``bentoml serve`` over real HTTP on 127.0.0.1 (the session's
+Each test drives a real ``bentoml serve`` over real HTTP on 127.0.0.1 (the shared
 ``server`` fixture, or a server of its own where the test needs a special model store).
 """
 
