@@ -145,7 +145,10 @@ def bad_parameter(where: str, tensor: str | None, parameter: str, problem: str) 
     return InvalidInput(f"{where}: parameter {parameter!r} {problem}", detail)
 
 
-def refuse_unsupported(where: str, tensor: str | None, parameters: dict[str, Any], names: tuple) -> None:
+def refuse_unsupported(
+    where: str, tensor: str | None, parameters: dict[str, Any], names: tuple[str, ...]
+) -> None:
+    """A 400 when a parameter of an extension this server does not implement is given."""
     for name in names:
         if name in parameters:
             raise bad_parameter(where, tensor, name, "is not supported by this server")

@@ -1,7 +1,9 @@
-"""Reliability: every fault answered with a JSON 4xx that names it, outputs within their range.
+"""Reliability: faults answered with a JSON error that names them (and carries the request id),
+outputs within their range, pictures decoded off the event loop, and readiness and metrics that
+another server's start cannot break.
 
-Each test drives a real ``bentoml serve`` over real HTTP on 127.0.0.1 (the shared
-``server`` fixture, or a server of its own where the test needs a special model store).
+Each test drives a real ``bentoml serve`` over real HTTP on 127.0.0.1 (the shared ``server``
+fixture, or a server of its own where the test needs a special model store or settings).
 """
 
 from __future__ import annotations
