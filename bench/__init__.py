@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "images" / "bench-throughput.png"
+# Hand-written findings (before/after comparisons, where the tail comes from), copied into the report.
+ANALYSIS = ROOT / "bench" / "analysis.md"
 
 
 def log(message: str) -> None:

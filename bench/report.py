@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import DOCS, PLOT, RESULTS, ROOT, log
+from bench import ANALYSIS, DOCS, PLOT, RESULTS, ROOT, log
 from bench.measure import NOISE_CORES, spread_text
 from bench.servers import SERVERS
 from bench.workload import CONCURRENCY, ENDPOINTS
@@ -422,6 +422,8 @@ def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -
         cells = [{**c, "label": x["label"]} for x in sweep["variants"] for c in x["cells"]]
         for endpoint in ENDPOINTS:
             lines += [f"### /{endpoint}", "", cells_table(cells, endpoint, lambda c: c["label"]), ""]
+    if ANALYSIS.exists():  # hand-written, so it survives every regeneration
+        lines += [ANALYSIS.read_text().rstrip(), ""]
     lines += [
         "## Reproduce",
         "",
