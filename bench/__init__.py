@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "images" / "bench-throughput.png"
+# Markers of the block `python -m bench.gpu` writes into DOCS; a full run keeps that block.
+GPU_BEGIN = "<!-- gpu-benchmark: begin (python -m bench.gpu) -->"
+GPU_END = "<!-- gpu-benchmark: end -->"
 # Hand-written findings (before/after comparisons, where the tail comes from), copied into the report.
 ANALYSIS = ROOT / "bench" / "analysis.md"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import ANALYSIS, DOCS, PLOT, RESULTS, ROOT, log
+from bench import ANALYSIS, DOCS, GPU_BEGIN, GPU_END, PLOT, RESULTS, ROOT, log
 from bench.measure import NOISE_CORES, spread_text
 from bench.servers import SERVERS
 from bench.workload import CONCURRENCY, ENDPOINTS
@@ -436,8 +436,19 @@ def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -
         "```",
         "",
     ]
+    gpu_section = kept_gpu_section(path)
+    if gpu_section:  # measured on another machine by `python -m bench.gpu`: not this run's to drop
+        lines += [gpu_section, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def kept_gpu_section(path: Path) -> str | None:
+    """The block ``python -m bench.gpu`` wrote into ``path``, markers included, if there is one."""
+    text = path.read_text() if path.exists() else ""
+    if GPU_BEGIN not in text or GPU_END not in text:
+        return None
+    return GPU_BEGIN + text.split(GPU_BEGIN, 1)[1].split(GPU_END, 1)[0] + GPU_END
 
 
 def regenerate_docs(results: Path = RESULTS, docs: Path = DOCS, plot_path: Path = PLOT) -> bool:
