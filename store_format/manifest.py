@@ -46,6 +46,8 @@ DATATYPES = frozenset(
     }
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+# The numeric precision of a graph's weights and arithmetic; its inputs and outputs stay FP32 either way.
+PRECISIONS = ("fp32", "fp16")
 
 
 class ManifestError(ValueError):
@@ -188,6 +190,10 @@ class Manifest:
     producer: dict[str, Any] = field(default_factory=dict)  # library versions that built it
     # The quality verdict; None for versions published before gates existed, which are served.
     gate: Gate | None = None
+    # "fp32", or "fp16" for a variant converted from an fp32 version (manifests older than this
+    # field are fp32); derived_from names that fp32 version.
+    precision: str = "fp32"
+    derived_from: int | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -203,6 +209,14 @@ class Manifest:
             raise ManifestError(f"{self.name}: training must record the seed")
         if self.gate is not None:
             self.gate.check_consistent(self.metrics, self.name)
+        if self.precision not in PRECISIONS:
+            raise ManifestError(f"{self.name}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.derived_from is not None and (
+            not isinstance(self.derived_from, int) or not 1 <= self.derived_from < self.version
+        ):
+            raise ManifestError(
+                f"{self.name}: derived_from must be an earlier version, got {self.derived_from!r}"
+            )
 
     @property
     def servable(self) -> bool:
@@ -230,6 +244,8 @@ class Manifest:
                 created_at=data.get("created_at", ""),
                 producer=dict(data.get("producer", {})),
                 gate=Gate.from_dict(data["gate"]) if data.get("gate") is not None else None,
+                precision=data.get("precision", "fp32"),
+                derived_from=data.get("derived_from"),
             )
         except KeyError as exc:
             raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc
@@ -331,19 +347,21 @@ def list_versions(store: Path, name: str) -> list[int]:
     )
 
 
-def latest_version(store: Path, name: str) -> int:
-    """The highest servable version of ``name``; rejected candidates are passed over."""
+def latest_version(store: Path, name: str, precision: str = "fp32") -> int:
+    """The highest servable version of ``name`` in ``precision``; rejected candidates are passed over."""
     versions = list_versions(store, name)
     if not versions:
         raise ManifestError(f"no versions of {name!r} in {store}")
     for version in reversed(versions):
         # An unreadable manifest raises here rather than being passed over: a broken newest
         # version must be noticed, not silently replaced by an older one.
-        if read_manifest(Path(store) / name / str(version)).servable:
+        manifest = read_manifest(Path(store) / name / str(version))
+        if manifest.servable and manifest.precision == precision:
             return version
     raise ManifestError(
-        f"{name!r} has versions {versions} in {store}, but its quality gate rejected every one "
-        "(see each manifest's gate; retrain, or publish with --force)"
+        f"{name!r} has versions {versions} in {store}, but no servable {precision} one: its quality "
+        "gate rejected every one or none has that precision (see each manifest's gate and precision; "
+        "retrain, publish with --force, or export the precision asked for)"
     )
 
 

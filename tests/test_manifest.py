@@ -300,3 +300,44 @@ def test_a_store_of_rejected_versions_says_so(tmp_path: Path, model_file: Path) 
     publish(tmp_path, gated_fields(0.5), model_file)
     with pytest.raises(ManifestError, match="quality gate rejected every one"):
         latest_version(tmp_path, "classifier")
+
+
+def test_precision_defaults_to_fp32_and_round_trips() -> None:
+    data = valid_dict()
+    data.pop("precision", None)  # written before the field existed
+    data.pop("derived_from", None)
+    assert Manifest.from_dict(data).precision == "fp32"
+    half = Manifest(
+        **{**manifest_fields(), "precision": "fp16", "derived_from": 1}, version=2, sha256="e" * 64
+    )
+    again = Manifest.from_dict(json.loads(json.dumps(half.to_dict())))
+    assert (again.precision, again.derived_from) == ("fp16", 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"precision": "int8"}, "precision must be one of"),
+        ({"precision": "fp16", "derived_from": 2}, "derived_from must be an earlier version"),
+    ],
+)
+def test_bad_precision_fields_are_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        Manifest(**{**manifest_fields(), **change}, version=2, sha256="e" * 64)
+
+
+def test_latest_version_of_each_precision(tmp_path: Path, model_file: Path) -> None:
+    publish(tmp_path, gated_fields(0.99), model_file)  # 1: fp32
+    publish(tmp_path, {**gated_fields(0.99), "precision": "fp16", "derived_from": 1}, model_file)  # 2
+    publish(
+        tmp_path, {**gated_fields(0.5), "precision": "fp16", "derived_from": 1}, model_file
+    )  # 3: rejected
+    assert latest_version(tmp_path, "classifier") == 1
+    assert latest_version(tmp_path, "classifier", precision="fp16") == 2
+    assert load_verified(tmp_path, "classifier")[0].precision == "fp32"
+
+
+def test_a_store_without_the_precision_asked_for_says_so(tmp_path: Path, model_file: Path) -> None:
+    publish(tmp_path, gated_fields(0.99), model_file)
+    with pytest.raises(ManifestError, match="no servable fp16 one"):
+        latest_version(tmp_path, "classifier", precision="fp16")
