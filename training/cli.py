@@ -1,6 +1,8 @@
 """``python -m training train classifier|forecaster|generator|all [options]``.
 
 Options: ``--epochs N``, ``--seed S``, ``--out DIR``, ``--dry-run`` and ``--force``.
+``python -m training export-fp16 <model|all> [--from-version N] [--out DIR] [--force]`` converts a
+published fp32 version to an fp16 variant without retraining (see ``training/fp16.py``).
 
 Each trainer module exposes ``train(options) -> TrainedModel``; this file only parses
 arguments, runs them in dependency order (the generator is judged by the classifier,
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from store_format import Manifest
 from training.export import export_and_publish
+from training.fp16 import export_fp16
 from training.options import TrainOptions
 
 EXIT_REJECTED = 3  # a model missed its quality bar: written to the store, but never served
@@ -52,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish a model that misses its quality bar as servable anyway (verdict 'forced')",
     )
+    fp16 = commands.add_parser(
+        "export-fp16",
+        help="publish an fp16 variant of a published fp32 version (parity-checked, re-evaluated, gated)",
+    )
+    fp16.add_argument("model", choices=[*TRAINERS, "all"])
+    fp16.add_argument(
+        "--from-version",
+        type=int,
+        default=None,
+        help="the fp32 version to convert (one model only); default: its highest servable fp32 version",
+    )
+    fp16.add_argument(
+        "--out", type=Path, default=Path("model_store"), help="model store to read and publish to"
+    )
+    fp16.add_argument(
+        "--force",
+        action="store_true",
+        help="publish a variant that misses its quality bar as servable anyway (verdict 'forced')",
+    )
     return parser
 
 
@@ -65,7 +87,8 @@ def options_from_args(args: argparse.Namespace, workdir: Path) -> TrainOptions:
 def verdict_block(manifest: Manifest, version_dir: Path) -> str:
     """The gate's verdict for people: each check (metric, value, bar, ok/MISSED), then the outcome."""
     gate = manifest.gate
-    lines = [f"quality gate: {manifest.name}/{manifest.version}"]
+    precision = f" ({manifest.precision}, from v{manifest.derived_from})" if manifest.derived_from else ""
+    lines = [f"quality gate: {manifest.name}/{manifest.version}{precision}"]
     lines += [f"  {check.describe(manifest.metrics)}" for check in gate.checks]
     outcome = {
         "passed": "PUBLISHED as servable",
@@ -76,23 +99,34 @@ def verdict_block(manifest: Manifest, version_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def train_and_publish(args: argparse.Namespace, name: str) -> Manifest:
+    """Train one model as the ``train`` command line asks, then export and publish it."""
+    with tempfile.TemporaryDirectory() as workdir:
+        options = options_from_args(args, Path(workdir))
+        t0 = time.perf_counter()
+        trained = importlib.import_module(TRAINERS[name]).train(options)
+        trained.training.setdefault("train_seconds", round(time.perf_counter() - t0, 1))
+        return export_and_publish(trained, args.out, force=args.force)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train, export and publish each model asked for, one after the other.
 
     Returns 0 when every model is servable, ``EXIT_REJECTED`` when one or more were rejected.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "export-fp16" and args.model == "all" and args.from_version is not None:
+        parser.error("--from-version names one model's version: give a model, not 'all'")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     names = list(TRAINERS) if args.model == "all" else [args.model]
     started = time.perf_counter()
     rejected = []
     for name in names:
-        with tempfile.TemporaryDirectory() as workdir:
-            options = options_from_args(args, Path(workdir))
-            t0 = time.perf_counter()
-            trained = importlib.import_module(TRAINERS[name]).train(options)
-            trained.training.setdefault("train_seconds", round(time.perf_counter() - t0, 1))
-            manifest = export_and_publish(trained, args.out, force=args.force)
+        if args.command == "export-fp16":
+            manifest = export_fp16(args.out, name, from_version=args.from_version, force=args.force)
+        else:
+            manifest = train_and_publish(args, name)
         log.info("published %s/%s: %s", manifest.name, manifest.version, manifest.metrics)
         print(verdict_block(manifest, args.out / manifest.name / str(manifest.version)), flush=True)
         if not manifest.servable:
