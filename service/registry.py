@@ -19,9 +19,23 @@ from service.metrics import mark_not_ready, mark_ready, record_model_provider
 from service.pipelines import PIPELINES, Pipeline
 from service.runtime import LoadedModel, ModelLoadError, SessionConfig, preload_cuda_libraries
 from service.settings import Settings
-from store_format import IntegrityError, ManifestError, list_models, list_versions
+from store_format import IntegrityError, ManifestError, latest_version, list_models, list_versions
 
 log = logging.getLogger(__name__)
+
+
+def version_to_serve(settings: Settings, name: str) -> int | None:
+    """The version of ``name`` to load: its pin, else the highest servable one of ``settings.precision``.
+
+    None leaves the choice to the store's default, the highest servable fp32 version.
+    """
+    pinned = settings.model_versions.get(name)
+    if pinned is not None or settings.precision == "fp32":
+        return pinned
+    try:
+        return latest_version(settings.model_store, name, precision=settings.precision)
+    except ManifestError as exc:
+        raise ModelLoadError(f"{name}: {exc}") from exc
 
 
 class ModelRegistry:
@@ -66,7 +80,7 @@ class ModelRegistry:
         # Only a TensorRT engine needs the largest batch before the pipeline exists (its profile).
         largest = settings.batch_policy(name, on_gpu=True).max_batch_size
         model = LoadedModel.load(
-            settings.model_store, name, settings.model_versions.get(name), config, largest
+            settings.model_store, name, version_to_serve(settings, name), config, largest
         )
         pipeline_type = PIPELINES.get(model.manifest.task)
         if pipeline_type is None:

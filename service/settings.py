@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = []
     # Pin versions, e.g. '{"classifier": 1}'; unpinned models serve their highest version.
     model_versions: dict[str, int] = {}
+    # Serve each model's highest servable version of this precision ("fp16": the variants that
+    # python -m training export-fp16 publishes); a pin in model_versions still wins.
+    precision: Literal["fp32", "fp16"] = "fp32"
     # Execution provider: "auto" (CUDA when a GPU and onnxruntime-gpu are present), "cpu", "cuda".
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     # CUDA provider options, e.g. MODELSERVE_CUDA__DEVICE_ID=1, MODELSERVE_CUDA__GPU_MEM_LIMIT_MB=4096.
