@@ -382,6 +382,9 @@ def publish(
     name = manifest_fields["name"]
     (store / name).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=store / name))
+    # mkdtemp makes the folder private (0700); a published version is read by other users too
+    # (a service account, a container's non-root user), like the files copied into it.
+    staging.chmod(0o755)
     try:
         shutil.copyfile(model_file, staging / MODEL_FILE)
         for extra in extra_files:

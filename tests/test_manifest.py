@@ -341,3 +341,8 @@ def test_a_store_without_the_precision_asked_for_says_so(tmp_path: Path, model_f
     publish(tmp_path, gated_fields(0.99), model_file)
     with pytest.raises(ManifestError, match="no servable fp16 one"):
         latest_version(tmp_path, "classifier", precision="fp16")
+
+
+def test_a_published_version_is_readable_by_other_users(tmp_path: Path, model_file: Path) -> None:
+    publish(tmp_path, manifest_fields(), model_file)
+    assert (tmp_path / "classifier" / "1").stat().st_mode & 0o755 == 0o755
