@@ -17,26 +17,20 @@ import sys
 from pathlib import Path
 
 from modelserve_locust.local_service import local_service, stop_on_sigterm
-from modelserve_locust.run_folder import new_run_folder
+from modelserve_locust.run_folder import headless_locust, new_run_folder
 
 HERE = Path(__file__).resolve().parent
 
 
 def locust_command(url: str, folder: Path, args: argparse.Namespace) -> list[str]:
-    locust = Path(sys.executable).parent / "locust"
-    return [
-        str(locust),
-        *("-f", str(HERE / "locustfile.py"), "--host", url, "--headless", "--only-summary"),
-        *("-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s"),
+    return headless_locust(
+        url,
+        folder,
+        args.users,
+        args.users,
+        args.seconds,
         *("--max-fail-ratio", "0", "--max-p99-ms", str(args.max_p99_ms)),
-        *(
-            "--csv",
-            str(folder / "locust"),
-            "--csv-full-history",
-            "--html",
-            str(folder / "locust_report.html"),
-        ),
-    ]
+    )
 
 
 def main() -> int:

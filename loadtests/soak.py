@@ -27,7 +27,7 @@ import psutil
 from modelserve_locust.history import Point, aggregated
 from modelserve_locust.local_service import LocalService, local_service, stop_on_sigterm
 from modelserve_locust.options import DEFAULT_RATE_PER_USER
-from modelserve_locust.run_folder import new_run_folder
+from modelserve_locust.run_folder import headless_locust, new_run_folder
 
 HERE = Path(__file__).resolve().parent
 MAX_MEMORY_GROWTH = 0.05
@@ -79,21 +79,15 @@ def the_service(args: argparse.Namespace, folder: Path) -> Iterator[LocalService
 
 
 def run_locust(url: str, folder: Path, args: argparse.Namespace) -> int:
-    locust = Path(sys.executable).parent / "locust"
     spawn_rate = max(1, args.users // 10)  # all users within about 10 s
-    command = [
-        str(locust),
-        *("-f", str(HERE / "locustfile.py"), "--host", url, "--headless", "--only-summary"),
-        *("-u", str(args.users), "-r", str(spawn_rate), "-t", f"{args.minutes * 60:.0f}s"),
+    command = headless_locust(
+        url,
+        folder,
+        args.users,
+        spawn_rate,
+        args.minutes * 60,
         *("--rate-per-user", str(args.rate_per_user), "--max-fail-ratio", "0"),
-        *(
-            "--csv",
-            str(folder / "locust"),
-            "--csv-full-history",
-            "--html",
-            str(folder / "locust_report.html"),
-        ),
-    ]
+    )
     return subprocess.run(command, check=False).returncode
 
 
