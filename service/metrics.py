@@ -43,29 +43,33 @@ _LATENCY_BUCKETS = (
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-REQUESTS = Counter(f"{_NS}_requests", "Requests answered successfully", ["model"])
-ITEMS = Counter(f"{_NS}_items", "Items (images, rows, samples) inferred", ["model"])
-ERRORS = Counter(f"{_NS}_errors", "Requests answered with an error", ["model", "status"])
-REJECTED = Counter(f"{_NS}_rejected", "Requests refused because the queue was full", ["model"])
-BATCHES = Counter(f"{_NS}_batches", "ONNX Runtime calls", ["model"])
-BATCH_SIZE = Histogram(f"{_NS}_batch_size", "Items per ONNX Runtime call", ["model"], buckets=_BATCH_BUCKETS)
+# Inference series are labelled by model and version.
+_BY_VERSION = ["model", "version"]
+REQUESTS = Counter(f"{_NS}_requests", "Requests answered successfully", _BY_VERSION)
+ITEMS = Counter(f"{_NS}_items", "Items (images, rows, samples) inferred", _BY_VERSION)
+ERRORS = Counter(f"{_NS}_errors", "Requests answered with an error", [*_BY_VERSION, "status"])
+REJECTED = Counter(f"{_NS}_rejected", "Requests refused because the queue was full", _BY_VERSION)
+BATCHES = Counter(f"{_NS}_batches", "ONNX Runtime calls", _BY_VERSION)
+BATCH_SIZE = Histogram(
+    f"{_NS}_batch_size", "Items per ONNX Runtime call", _BY_VERSION, buckets=_BATCH_BUCKETS
+)
 QUEUE_WAIT = Histogram(
     f"{_NS}_queue_wait_seconds",
     "Wait of the oldest request in each batch before it ran",
-    ["model"],
+    ["model", "version"],
     buckets=_LATENCY_BUCKETS,
 )
 INFERENCE = Histogram(
-    f"{_NS}_inference_seconds", "Wall time of each ONNX Runtime call", ["model"], buckets=_LATENCY_BUCKETS
+    f"{_NS}_inference_seconds", "Wall time of each ONNX Runtime call", _BY_VERSION, buckets=_LATENCY_BUCKETS
 )
 PADDED = Histogram(
     f"{_NS}_padded_fraction",
     "Fraction of each forecaster batch that is padding",
-    ["model"],
+    ["model", "version"],
     buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
 QUEUED = Gauge(
-    f"{_NS}_queued_items", "Items waiting, summed over workers", ["model"], multiprocess_mode="livesum"
+    f"{_NS}_queued_items", "Items waiting, summed over workers", _BY_VERSION, multiprocess_mode="livesum"
 )
 READY = Gauge(
     f"{_NS}_model_ready",
@@ -94,17 +98,20 @@ MODEL_PROVIDER = Gauge(
 class ModelMetrics:
     """The metric children of one model, bound once so the hot path does no label lookups."""
 
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self._requests = REQUESTS.labels(model)
-        self._items = ITEMS.labels(model)
-        self._rejected = REJECTED.labels(model)
-        self._batches = BATCHES.labels(model)
-        self._batch_size = BATCH_SIZE.labels(model)
-        self._queue_wait = QUEUE_WAIT.labels(model)
-        self._inference = INFERENCE.labels(model)
-        self._padded = PADDED.labels(model)
-        self._queued = QUEUED.labels(model)
+    def __init__(self, model: str, version: int) -> None:
+        # Every series is labelled by version too, so a new version's traffic can be watched
+        # beside the old one's while both are served (a live swap, a canary).
+        self.model, self.version = model, str(version)
+        model, version = self.model, self.version
+        self._requests = REQUESTS.labels(model, version)
+        self._items = ITEMS.labels(model, version)
+        self._rejected = REJECTED.labels(model, version)
+        self._batches = BATCHES.labels(model, version)
+        self._batch_size = BATCH_SIZE.labels(model, version)
+        self._queue_wait = QUEUE_WAIT.labels(model, version)
+        self._inference = INFERENCE.labels(model, version)
+        self._padded = PADDED.labels(model, version)
+        self._queued = QUEUED.labels(model, version)
 
     def batch_done(self, stats: BatchStats, queued_after: int) -> None:
         self._batches.inc()
@@ -119,7 +126,7 @@ class ModelMetrics:
         self._requests.inc()
 
     def error(self, status: int) -> None:
-        ERRORS.labels(self.model, str(status)).inc()
+        ERRORS.labels(self.model, self.version, str(status)).inc()
 
     def rejected(self) -> None:
         self._rejected.inc()

@@ -58,7 +58,7 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
     def __init__(self, model: LoadedModel, settings: Settings) -> None:
         self.model = model
         self.settings = settings
-        self.metrics = ModelMetrics(model.name)
+        self.metrics = ModelMetrics(model.name, model.version)
         policy: BatchPolicy = settings.batch_policy(model.name, on_gpu=model.on_gpu)
         in_thread = self.run_in_thread_by_default if policy.run_in_thread is None else policy.run_in_thread
         concurrency = (policy.max_concurrent_batches or cpu_budget().workers) if in_thread else 1

@@ -67,7 +67,7 @@ def test_a_queue_timeout_is_a_503_counted_once_in_the_error_metrics():
     assert timed_out.headers["Retry-After"] == "1"
 
     def errors_503(text: str) -> float:
-        values = metric_values(text, 'modelserve_errors_total{model="forecaster",status="503"}', "forecaster")
+        values = metric_values(text, 'modelserve_errors_total{model="forecaster",status="503",', "forecaster")
         return values.get("", 0.0)
 
     assert errors_503(after) - errors_503(before) == 1
