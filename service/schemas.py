@@ -9,7 +9,7 @@ Checks that depend on the loaded model (minimum history length, item limits) run
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from annotated_types import Len
@@ -125,7 +125,7 @@ class GenerateRequest(_Strict):
     )
 
     labels: Annotated[list[Digit], Len(1)] = Field(description="one digit 0..9 per image")
-    seed: Annotated[int, Field(strict=True, ge=0, lt=2**63)] | None = Field(
+    seed: Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)] | None = Field(
         None, description="seed of the latent noise; omitted: a random one"
     )
     format: Literal["png", "array"] = Field(
@@ -156,3 +156,88 @@ ERROR_RESPONSES = {
     415: {"model": ErrorResponse, "description": "unsupported media type"},
     503: {"model": ErrorResponse, "description": "overloaded or model not ready; see Retry-After"},
 }
+
+
+# --- the Open Inference Protocol (V2) answers, for the OpenAPI document ------------------------
+
+
+class ServerMetadataResponse(_Strict):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="protocol extensions served, e.g. binary_tensor_data")
+
+
+class LiveResponse(_Strict):
+    live: bool
+
+
+class ReadyResponse(_Strict):
+    ready: bool
+
+
+class TensorMetadata(_Strict):
+    name: str
+    datatype: str = Field(description="a V2 datatype, e.g. FP32, INT64, UINT8")
+    shape: list[int] = Field(description="-1 for a dimension of any size")
+
+
+class ModelMetadataResponse(_Strict):
+    name: str
+    versions: list[str] = Field(description="the versions of the model being served")
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = Field(description="task, labels, serving hints, execution provider")
+
+
+class ModelReadyResponse(_Strict):
+    name: str
+    version: str | None = None
+    ready: bool
+    error: str | None = Field(None, description="why the model is not ready")
+
+
+class InferOutputTensor(_Strict):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = Field(None, description="row-major values; absent when sent as binary data")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size with binary data")
+
+
+class InferResponse(_Strict):
+    model_name: str
+    model_version: str
+    id: str | None = Field(None, description="the request's id, echoed")
+    outputs: list[InferOutputTensor]
+
+
+V2_ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "malformed or invalid input"},
+    404: {"model": ErrorResponse, "description": "unknown model, or a version that is not served"},
+    413: {"model": ErrorResponse, "description": "body too large"},
+    415: {"model": ErrorResponse, "description": "unsupported media type"},
+    503: {"model": ErrorResponse, "description": "overloaded or model not ready; see Retry-After"},
+}
+
+
+def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with every ``#/$defs/...`` reference replaced by its definition.
+
+    A JSON schema put into the OpenAPI document by hand (a request body the endpoint reads
+    itself) cannot keep pydantic's ``$defs``: the document resolves references from its own
+    root, where ``#/$defs`` does not exist.
+    """
+    definitions = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items() if key != "$defs"}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)

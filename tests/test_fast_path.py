@@ -12,12 +12,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from fastapi import Depends, Request
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
 from service.errors import InvalidInput, json_response
-from service.fast_path import FastPathApp
+from service.fast_path import FastPathApp, FastRoute
 from service.registry import ModelRegistry
 from service.routes import create_app
 from service.settings import Settings
@@ -178,3 +178,24 @@ def test_what_the_fast_path_would_skip_is_refused_when_the_route_is_declared(
 def test_route_level_dependencies_are_refused_too(app):
     with pytest.raises(TypeError, match="dependency current_user"):
         app.add_api_route("/x", where_served, methods=["POST"], dependencies=[Depends(current_user)])
+
+
+def test_an_included_routers_routes_are_on_the_fast_path(app):
+    probe = APIRouter(prefix="/probed", route_class=FastRoute)
+    probe.add_api_route("/here", where_served, methods=["POST"])
+    app.include_router(probe)
+    assert call(app, "POST", "/probed/here").json() == {"through_router": False}
+    # Served by FastAPI's router, a path parameter that breaks its documented pattern would get
+    # FastAPI's 422 without the service's error shape; on the fast path the endpoint answers.
+    answer = call(app, "GET", "/v2/models/classifier/versions/abc")
+    assert answer.status_code == 404, answer.text
+    assert set(answer.json()) >= {"error", "detail"}
+
+
+def test_including_a_router_with_options_or_ordinary_routes_is_refused(app):
+    with pytest.raises(TypeError, match="takes the router alone"):
+        app.include_router(APIRouter(route_class=FastRoute), prefix="/x")
+    ordinary = APIRouter()
+    ordinary.add_api_route("/plain", where_served, methods=["POST"])
+    with pytest.raises(TypeError, match="is not a FastRoute"):
+        app.include_router(ordinary)
