@@ -13,6 +13,8 @@ The one place that starts ``bentoml serve`` for the tests and the benchmark. Eve
 Stopping sends SIGTERM to the process group, waits for the server to exit, then SIGKILLs
 whatever is left of its process tree. The tree is read from /proc before the signal, because
 BentoML starts each worker in a session of its own, out of reach of the group's signals.
+``terminate()`` instead sends SIGTERM to the main process only (as Kubernetes does) and measures
+how long the whole tree takes to exit.
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ class ServerProcess:
         self.pid = self.process.pid
         self.ready_after_s: float | None = None  # set by wait_until_up()
         self._stopped = False
+        self._sigterm_at: float | None = None  # set by send_sigterm()
+        self._tree_at_sigterm: dict[int, str] = {}
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -155,6 +159,30 @@ class ServerProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def send_sigterm(self) -> None:
+        """SIGTERM to the main process only, as Kubernetes sends it to a container's first process
+        (BentoML's arbiter, which passes it on to its workers); ``wait_for_exit()`` then waits."""
+        self._tree_at_sigterm = _descendants(self.pid)  # read now: once it exits, children are reparented
+        self._sigterm_at = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+
+    def wait_for_exit(self, timeout_s: float = STOP_TIMEOUT_S) -> float | None:
+        """Seconds from ``send_sigterm()`` until every process of the server's tree was gone, or None
+        if some were still running ``timeout_s`` after the signal (``stop()`` still ends them)."""
+        if self._sigterm_at is None:
+            raise RuntimeError("wait_for_exit() comes after send_sigterm()")
+        while time.monotonic() - self._sigterm_at < timeout_s:
+            if self.process.poll() is not None and not _alive(self._tree_at_sigterm):
+                return time.monotonic() - self._sigterm_at
+            time.sleep(0.05)
+        return None
+
+    def terminate(self, timeout_s: float = STOP_TIMEOUT_S) -> float | None:
+        """``send_sigterm()``, then ``wait_for_exit(timeout_s)``."""
+        self.send_sigterm()
+        return self.wait_for_exit(timeout_s)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM to the process group, up to ``timeout_s`` for a clean exit, then SIGKILL the rest

@@ -1,0 +1,382 @@
+"""HTTP connections: slow clients time out, and SIGTERM drains open connections without a reset.
+
+BentoML runs uvicorn in each worker (``_bentoml_impl/worker/service.py`` builds a
+``uvicorn.Config`` and serves on the socket the arbiter shares), with uvicorn's httptools
+protocol. Left as they are, a client that sends its headers one byte a second, a connection
+that sends nothing, or a body that stops half way hold a socket for as long as the client
+likes; after SIGTERM uvicorn closes every idle keep-alive connection at once, so a request a
+client sends on it a moment later meets a closed socket (connection reset by peer).
+
+:func:`install` (called once, where the service module is imported) replaces
+``uvicorn.Config`` with :class:`GuardedConfig`, which serves HTTP with
+:class:`GuardedHttpToolsProtocol` and the timeouts below. That protocol, per connection:
+
+- idle: a connection with no request under way (a new one, or a keep-alive one between
+  requests) that receives nothing for ``idle_timeout_s`` is closed (uvicorn's keep-alive
+  timer, also armed when the connection is made);
+- headers: a request whose headers are not complete ``header_timeout_s`` after its first byte
+  is answered 408 and closed;
+- body: a request body that receives nothing for ``body_timeout_s`` is answered 408 (if no
+  answer has started) and closed; its handler sees the client as gone;
+- an answer sent before its request's body was read to the end (a 413) carries
+  ``Connection: close`` and the connection is closed, instead of reading the rest of the body;
+- a request line or headers the parser refuses are answered 400 with a JSON body;
+- every close is a lingering one: the answer is flushed, the sending side shut (FIN), and
+  whatever the client still sends is read and dropped until it closes its side or
+  ``linger_s`` passes, so no unread data makes the kernel reset the connection and lose the
+  answer on its way.
+
+On SIGTERM uvicorn stops accepting (the listening socket stays open in the arbiter until
+every worker has exited: connections made from then on wait in the kernel's queue and are
+reset when the server exits; in Kubernetes none arrive, the preStop hook keeps traffic away)
+and asks each connection to shut down. Here, a draining connection:
+
+- with a request in flight: the answer is sent with ``Connection: close``, then closed;
+- idle: stays open until its idle timer or the drain deadline, whichever comes first, and a
+  request arriving on it is answered 503 + ``Connection: close`` + ``Retry-After`` at once,
+  with no model time;
+- at the drain deadline (``drain_timeout_s`` after SIGTERM): a request still unanswered is
+  answered 503 + ``Retry-After`` and closed, an idle connection is closed.
+
+uvicorn's own graceful timeout is set to ``drain_timeout_s + linger_s + 1``: after it the
+remaining tasks are cancelled, then the service's shutdown runs (the batchers fail whatever
+is still queued with a 503) and the worker exits. So every process of the server is gone at
+most about ``drain_timeout_s + linger_s + 1`` seconds after SIGTERM (docs/reliability.md).
+
+Settings, each read from ``MODELSERVE_<FIELD>`` (seconds):
+
+- ``MODELSERVE_HEADER_TIMEOUT_S`` (10): first byte of a request to the end of its headers.
+- ``MODELSERVE_IDLE_TIMEOUT_S`` (5): a connection with no request under way.
+- ``MODELSERVE_BODY_TIMEOUT_S`` (10): longest pause while a request body arrives.
+- ``MODELSERVE_DRAIN_TIMEOUT_S`` (10): after SIGTERM, how long requests in flight may take.
+- ``MODELSERVE_LINGER_S`` (2): after an answer that closes the connection, how long the
+  client's leftover data is read and dropped before the socket is closed.
+
+Only the httptools protocol is covered (BentoML's default: uvicorn's "auto" picks it when
+httptools is installed, as it is with BentoML); tests/test_slow_clients.py fails if BentoML
+stops building its server through ``uvicorn.Config`` or starts choosing the protocol itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from functools import lru_cache
+from typing import Any
+
+import uvicorn
+import uvicorn.config
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+# What a draining worker tells a client to wait before asking again (another server will answer).
+DRAIN_RETRY_AFTER_S = 1
+
+
+class ConnectionSettings(BaseSettings):
+    """Timeouts of the HTTP connections, read from ``MODELSERVE_*`` (see the module docstring)."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELSERVE_", extra="ignore", frozen=True)
+
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    idle_timeout_s: float = Field(5.0, gt=0, le=300)
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
+    drain_timeout_s: float = Field(10.0, gt=0, le=120)
+    linger_s: float = Field(2.0, ge=0, le=30)
+
+    @property
+    def graceful_shutdown_s(self) -> int:
+        """uvicorn's bound on a worker's shutdown: the drain, the last lingering close, a margin."""
+        return math.ceil(self.drain_timeout_s + self.linger_s + 1)
+
+
+@lru_cache(maxsize=1)
+def connection_settings() -> ConnectionSettings:
+    """The settings, read once; a bad value stops start-up with one line naming the variable."""
+    try:
+        return ConnectionSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"MODELSERVE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"modelserve cannot start: invalid service configuration: {problems}") from None
+
+
+def _raw_answer(
+    default_headers: list[tuple[bytes, bytes]],
+    status: int,
+    error: str,
+    detail: str,
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A whole HTTP/1.1 answer with a JSON error body and ``Connection: close``, as bytes."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    head = [STATUS_LINE[status]]
+    for name, value in (*default_headers, *extra_headers):
+        head.extend([name, b": ", value, b"\r\n"])
+    head.extend(
+        [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+    )
+    return b"".join(head) + body
+
+
+_drain_logged = False  # one log line per worker when its drain begins
+_RETRY_AFTER = ((b"retry-after", str(DRAIN_RETRY_AFTER_S).encode()),)
+_DRAINING_ERROR = "the server is shutting down"
+_DRAINING_DETAIL = "this server is draining its connections; send the request again"
+
+
+async def answer_draining(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI app of a draining connection: 503, ``Retry-After``, ``Connection: close``."""
+    body = json.dumps({"error": _DRAINING_ERROR, "detail": _DRAINING_DETAIL}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *_RETRY_AFTER,
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class LingeringTransport:
+    """A connection's transport whose ``close()`` is a lingering close.
+
+    The answer already written is flushed and the sending side shut (FIN); reading goes on,
+    and what arrives is dropped (the protocol checks :attr:`lingering`), until the client
+    closes its side (then asyncio closes the transport) or ``linger_s`` passes. Closing a
+    socket with unread data in it makes the kernel send a reset, which can destroy the answer
+    before the client reads it; this is how nginx and Go's server close too.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, linger_s: float):
+        self._transport = transport
+        self._loop = loop
+        self._linger_s = linger_s
+        self._timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self.lingering:  # after close() nothing more is sent, as on a closed transport
+            self._transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self.lingering:  # leftovers must keep being read, or they would cause a reset
+            self._transport.pause_reading()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        self.lingering = True
+        if self._linger_s <= 0 or not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        try:
+            self._transport.write_eof()
+            self._transport.resume_reading()
+        except (OSError, RuntimeError):  # the peer is gone already
+            self._transport.close()
+            return
+        self._timer = self._loop.call_later(self._linger_s, self._transport.close)
+
+    def cancel_linger(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header, idle and body timeouts, lingering closes and a
+    drain on shutdown that answers instead of resetting (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = connection_settings()
+        self.timeout_keep_alive = self.limits.idle_timeout_s
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self.draining = False
+
+    # --- the connection ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(LingeringTransport(transport, self.loop, self.limits.linger_s))  # type: ignore[arg-type]
+        # uvicorn arms its keep-alive timer only after a first answer; a connection that never
+        # sends a byte is idle too.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._header_timer, self._body_timer, self._drain_timer):
+            if timer is not None:
+                timer.cancel()
+        self.transport.cancel_linger()  # type: ignore[attr-defined]
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:  # type: ignore[attr-defined]
+            return  # the answer is sent and the connection closing: leftovers are dropped
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        # The parser refused the request (a malformed or over-long request line or header):
+        # the same JSON error shape as every other answer, instead of uvicorn's plain text.
+        self._answer_and_close(400, "invalid HTTP request", "the request line or headers could not be parsed")
+
+    def _answer_and_close(self, status: int, error: str, detail: str, extra=()) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(_raw_answer(self.server_state.default_headers, status, error, detail, extra))
+        self.transport.close()
+
+    # --- parser callbacks: arm and disarm the request timers -----------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_too_slow)
+
+    def on_headers_complete(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        previous = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is previous:  # an upgrade: no request cycle of ours
+            return
+        self._arm_body_timer()
+        send = cycle.send
+
+        async def send_closing_if_body_unread(message: Any) -> None:
+            # Answered before the request body was read to the end (a 413): reading the rest
+            # only to throw it away would keep the client sending; say so, and close.
+            if message["type"] == "http.response.start" and cycle.more_body:
+                cycle.keep_alive = False
+            await send(message)
+
+        cycle.send = send_closing_if_body_unread  # type: ignore[method-assign]
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm_body_timer()
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    def _arm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_stalled)
+
+    # --- timeouts -----------------------------------------------------------------------
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        log.info(
+            "closing a connection from %s: request headers incomplete after %g s",
+            self.client,
+            self.limits.header_timeout_s,
+        )
+        self._answer_and_close(
+            408,
+            "request timeout",
+            f"the request headers were not complete within {self.limits.header_timeout_s:g} s",
+        )
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        if self.flow.read_paused:  # we stopped reading (the handler is behind), not the client
+            self._arm_body_timer()
+            return
+        log.info(
+            "closing a connection from %s: request body stalled for %g s",
+            self.client,
+            self.limits.body_timeout_s,
+        )
+        self._abandon(
+            cycle,
+            408,
+            "request timeout",
+            f"the request body stopped arriving for {self.limits.body_timeout_s:g} s",
+        )
+
+    def _abandon(self, cycle: Any, status: int, error: str, detail: str, extra=()) -> None:
+        """Answer ``status`` for a request whose handler may still run, and close: the handler
+        then reads a disconnect, and whatever it sends later goes nowhere."""
+        if not cycle.response_started:
+            cycle.response_started = True
+            self.transport.write(_raw_answer(self.server_state.default_headers, status, error, detail, extra))
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    # --- shutdown (SIGTERM) ---------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """uvicorn's shutdown of this connection, as a drain (see the module docstring)."""
+        global _drain_logged
+        if not _drain_logged:
+            _drain_logged = True
+            log.info(
+                "draining HTTP connections: requests from now on are answered 503, those in flight have %g s",
+                self.limits.drain_timeout_s,
+            )
+        self.draining = True
+        self.app = answer_draining  # requests from now on, on this connection
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # the answer in flight carries Connection: close
+        self._drain_timer = self.loop.call_later(self.limits.drain_timeout_s, self._drain_deadline)
+
+    def _drain_deadline(self) -> None:
+        self._drain_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self._abandon(cycle, 503, _DRAINING_ERROR, _DRAINING_DETAIL, _RETRY_AFTER)
+        elif self._header_timer is not None:  # a request's headers still arriving
+            self._answer_and_close(503, _DRAINING_ERROR, _DRAINING_DETAIL, _RETRY_AFTER)
+        elif cycle is None or cycle.response_complete:
+            self.transport.close()
+        # else an answer is being streamed: uvicorn's graceful timeout bounds it
+
+
+class GuardedConfig(uvicorn.config.Config):
+    """``uvicorn.Config`` serving HTTP with :class:`GuardedHttpToolsProtocol`, uvicorn's keep-alive
+    timeout the idle timeout and its graceful-shutdown timeout bounded by the drain."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        limits = connection_settings()
+        kwargs["http"] = GuardedHttpToolsProtocol
+        kwargs["timeout_keep_alive"] = limits.idle_timeout_s
+        kwargs["timeout_graceful_shutdown"] = limits.graceful_shutdown_s
+        super().__init__(*args, **kwargs)
+
+
+def install() -> None:
+    """Make the uvicorn server this process builds (BentoML's worker: ``uvicorn.Config(...)``,
+    looked up when the worker starts serving, after it imported the service) a guarded one."""
+    limits = connection_settings()  # a bad value stops start-up here, before any worker serves
+    if uvicorn.Config is not GuardedConfig:
+        uvicorn.Config = GuardedConfig  # type: ignore[misc]
+        log.debug("HTTP connections: %s", limits)
