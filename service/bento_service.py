@@ -16,9 +16,9 @@ from typing import Any
 import bentoml
 from bentoml._internal.context import server_context
 
-from service.connections import install as install_connection_guards
 from service.metrics import record_runtime
 from service.middleware import JsonErrors
+from service.model_watcher import ModelWatcher
 from service.registry import ModelRegistry, WorkerBoard
 from service.request_ids import configure_logging
 from service.routes import INFERENCE_ROUTES, create_app
@@ -42,10 +42,6 @@ try:
     SessionConfig.from_settings(settings)
 except ProviderUnavailable as exc:
     raise SystemExit(f"modelserve cannot start: {exc}") from None
-# Header, idle and body timeouts, and a drain on SIGTERM that answers instead of resetting:
-# the uvicorn server BentoML builds in each worker, after importing this module, is a guarded
-# one (service.connections; a bad MODELSERVE_*_TIMEOUT_S stops start-up here).
-install_connection_guards()
 app = create_app()
 
 
@@ -109,6 +105,10 @@ class ModelService:
         gc.freeze()
         if self.registry.ready:
             self.board.announce_ready()
+        # New model versions are swapped in by a background task of this worker's event loop.
+        self.watcher = ModelWatcher(
+            self.registry, settings.model_poll_s, settings.model_release_grace_s, self.board.announce_ready
+        ).start()
 
     def __is_ready__(self) -> bool:
         return self.registry.ready and self.board.all_ready()
@@ -128,6 +128,9 @@ class ModelService:
     @bentoml.on_shutdown
     async def close(self) -> None:
         # Requests still queued get a 503 now rather than no answer ever.
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            await watcher.stop()
         await self.registry.close()
         leave_server_folder()
 

@@ -94,6 +94,25 @@ MODEL_PROVIDER = Gauge(
     multiprocess_mode="livemax",
 )
 
+# The model lifecycle (docs/model-lifecycle.md): counted by each worker, summed over workers.
+LOAD_FAILURES = Counter(
+    f"{_NS}_model_load_failures",
+    "Model versions that failed verification or loading and are not served, by reason "
+    "(manifest, gate, sha256, graph, onnxruntime, warmup, task); counted once per worker and "
+    "version until its files change",
+    ["model", "version", "reason"],
+)
+SWAPS = Counter(
+    f"{_NS}_model_swaps",
+    "Versions swapped in while serving (from_version is empty for a model that was not served)",
+    ["model", "from_version", "to_version"],
+)
+RELEASES = Counter(
+    f"{_NS}_model_releases",
+    "Replaced versions closed after their grace period, their ONNX Runtime session freed",
+    ["model", "version"],
+)
+
 
 class ModelMetrics:
     """The metric children of one model, bound once so the hot path does no label lookups."""
@@ -151,6 +170,21 @@ def mark_ready(model: str, version: int) -> None:
 def mark_not_ready(model: str, version: int | None) -> None:
     """A ready gauge of 0 for a model that failed to load: the series an operator alerts on."""
     READY.labels(model, "" if version is None else str(version)).set(0)
+
+
+def record_load_failure(model: str, version: int | None, reason: str) -> None:
+    LOAD_FAILURES.labels(model, "" if version is None else str(version), reason).inc()
+
+
+def record_swap(model: str, from_version: int | None, to_version: int) -> None:
+    SWAPS.labels(model, "" if from_version is None else str(from_version), str(to_version)).inc()
+
+
+def record_release(model: str, version: int) -> None:
+    """A replaced version is gone from this worker: not ready any more, nothing queued."""
+    READY.labels(model, str(version)).set(0)
+    QUEUED.labels(model, str(version)).set(0)
+    RELEASES.labels(model, str(version)).inc()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from service.errors import InvalidInput, NotFound, json_response
+from service.errors import InvalidInput, json_response
 from service.fast_path import FastRoute
 from service.pipelines import Pipeline
 from service.registry import registry_of
@@ -278,13 +278,9 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_cl
 
 
 def _pipeline(request: Request, name: str, version: str | None) -> Pipeline:
-    pipeline = registry_of(request).pipeline(name)
-    if version is not None and version != str(pipeline.model.version):
-        raise NotFound(
-            f"version {version} of {name!r} is not served; serving {pipeline.model.version}",
-            {"model": name, "version": version},
-        )
-    return pipeline
+    # A version asked for by number is found while it is served: the default one, or one
+    # replaced by a newer version and still inside its release grace period (404 otherwise).
+    return registry_of(request).pipeline(name, version)
 
 
 @router.get("", summary="Server metadata")
@@ -315,10 +311,12 @@ async def model_version_metadata(request: Request, name: str, version: str | Non
     manifest = model.manifest
     # The provider the session really got, which can differ from the one asked for.
     runtime = {"execution_provider": model.provider}
+    # Every version this worker serves: the default first, then one being replaced (a swap's grace).
+    served = registry_of(request).served_versions(name)
     return json_response(
         {
             "name": manifest.name,
-            "versions": [str(manifest.version)],
+            "versions": [str(v) for v in served],
             "platform": "onnxruntime_onnx",
             "inputs": [spec.to_dict() for spec in manifest.inputs],
             "outputs": [spec.to_dict() for spec in manifest.outputs],

@@ -3,10 +3,16 @@
 At start-up each configured model is verified (sha256 against its manifest), loaded into
 ONNX Runtime and warmed up at every batch size. A model that fails any step is not
 served, is named in the log, and keeps ``/readyz`` at 503; the others still serve.
+
+While serving, ``service.model_watcher`` swaps a newer version in with :meth:`ModelRegistry.swap_in`
+(one assignment: a request that already holds the old pipeline finishes there) and closes
+the old one after a grace period with :meth:`ModelRegistry.release`. Versions that failed are
+remembered in :class:`FailedVersions` so that they are not tried again until their files change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -15,11 +21,26 @@ from pathlib import Path
 from starlette.requests import Request
 
 from service.errors import ApiError, NotFound, Unavailable
-from service.metrics import mark_not_ready, mark_ready, record_model_provider
+from service.metrics import (
+    mark_not_ready,
+    mark_ready,
+    record_load_failure,
+    record_model_provider,
+    record_release,
+    record_swap,
+)
 from service.pipelines import PIPELINES, Pipeline
-from service.runtime import LoadedModel, ModelLoadError, SessionConfig, preload_cuda_libraries
+from service.runtime import GraphMismatch, LoadedModel, ModelLoadError, SessionConfig, preload_cuda_libraries
 from service.settings import Settings
-from store_format import IntegrityError, ManifestError, latest_version, list_models, list_versions
+from store_format import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    IntegrityError,
+    ManifestError,
+    latest_version,
+    list_models,
+    list_versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +59,124 @@ def version_to_serve(settings: Settings, name: str) -> int | None:
         raise ModelLoadError(f"{name}: {exc}") from exc
 
 
+class WarmupFailed(ModelLoadError):
+    """A model version loaded but failed its warm-up run."""
+
+
+def load_pipeline(settings: Settings, name: str, version: int | None, config: SessionConfig) -> Pipeline:
+    """``name`` at ``version`` (None: the store's default) verified, loaded and warmed up.
+
+    Nothing is marked ready here: the caller decides when the pipeline is served. Safe to
+    run on a helper thread (the event loop keeps serving meanwhile).
+    """
+    # Only a TensorRT engine needs the largest batch before the pipeline exists (its profile).
+    largest = settings.batch_policy(name, on_gpu=True).max_batch_size
+    model = LoadedModel.load(settings.model_store, name, version, config, largest)
+    pipeline_type = PIPELINES.get(model.manifest.task)
+    if pipeline_type is None:
+        raise ModelLoadError(f"{model.label}: no pipeline serves task {model.manifest.task!r}")
+    pipeline = pipeline_type(model, settings)
+    started = time.perf_counter()
+    try:
+        sizes = pipeline.warmup()  # with TensorRT, the first engine build (no cache yet) is here
+    except Exception as exc:  # ONNX Runtime's own errors, or a wrong number of results
+        raise WarmupFailed(f"{model.label}: warm-up failed: {exc}") from exc
+    warmup_s = time.perf_counter() - started
+    log.info(
+        "%s ready on %s (asked for %s; session made in %.2f s, warm-up %.2f s; IO binding %s; "
+        "%d intra-op threads), warmed up at batch sizes %s",
+        model.label,
+        model.provider,
+        ",".join(config.providers),
+        model.session_created_s,
+        warmup_s,
+        "on" if model.io_binding else "off",
+        config.intra_op_threads,
+        sizes,
+    )
+    return pipeline
+
+
+def failure_reason(exc: ModelLoadError) -> str:
+    """A short label for why a version failed (the ``reason`` of modelserve_model_load_failures)."""
+    if isinstance(exc, GraphMismatch):
+        return "graph"
+    if isinstance(exc, WarmupFailed):
+        return "warmup"
+    cause = exc.__cause__
+    if isinstance(cause, IntegrityError):
+        return "sha256"
+    if isinstance(cause, ManifestError):
+        return "manifest"
+    if cause is not None:
+        return "onnxruntime"
+    return "task"
+
+
+def version_fingerprint(store: Path, name: str, version: int) -> str:
+    """What a version's files are now: its manifest's bytes and its model file's size and time.
+
+    A version that failed is not tried again while this stays the same; replacing either file
+    (a fixed model.onnx, a corrected manifest) makes it a candidate again.
+    """
+    folder = Path(store) / name / str(version)
+    digest = hashlib.sha256()
+    try:
+        digest.update((folder / MANIFEST_FILE).read_bytes())
+    except OSError:
+        digest.update(b"no manifest")
+    try:
+        stat = (folder / MODEL_FILE).stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    except OSError:
+        digest.update(b"no model file")
+    return digest.hexdigest()
+
+
+class FailedVersions:
+    """Versions that failed verification or loading, by (model, version), with their files' fingerprint.
+
+    Each failure is logged and counted in /metrics once, when it is found, not at every poll.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.store = Path(store)
+        self._fingerprints: dict[tuple[str, int], str] = {}
+
+    def known(self, name: str, version: int, fingerprint: str) -> bool:
+        """Whether this version, with exactly these files, has failed before."""
+        return self._fingerprints.get((name, version)) == fingerprint
+
+    def add(self, name: str, version: int | None, reason: str, why: object, fingerprint: str = "") -> None:
+        if version is not None:
+            key = (name, version)
+            self._fingerprints[key] = fingerprint or version_fingerprint(self.store, name, version)
+        record_load_failure(name, version, reason)
+        label = name if version is None else f"{name}/{version}"
+        log.error("model version %s failed (%s) and is NOT served: %s", label, reason, why)
+
+
 class ModelRegistry:
     """The pipelines of this worker, by model name, and the models that failed to load."""
 
-    def __init__(self, pipelines: dict[str, Pipeline], failures: dict[str, str]) -> None:
+    def __init__(
+        self,
+        pipelines: dict[str, Pipeline],
+        failures: dict[str, str],
+        settings: Settings | None = None,
+        config: SessionConfig | None = None,
+        failed_versions: FailedVersions | None = None,
+    ) -> None:
+        # The version each model serves to new requests: replaced whole, in one assignment.
         self.pipelines = pipelines
         # Model name -> why it is not served, in words fit for a client: no file paths and no
         # ONNX Runtime text (the log has those).
         self.failures = failures
+        # Replaced versions finishing what they hold until released: model -> version -> pipeline.
+        self.retiring: dict[str, dict[int, Pipeline]] = {}
+        self.settings = settings
+        self.config = config
+        self.failed_versions = failed_versions or FailedVersions(settings.model_store if settings else Path())
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -60,49 +191,31 @@ class ModelRegistry:
             )
         preload_cuda_libraries()
         config = SessionConfig.from_settings(settings)  # ProviderUnavailable stops the worker
+        failed = FailedVersions(settings.model_store)
         pipelines: dict[str, Pipeline] = {}
         for name in names:
+            version = None
             try:
-                pipelines[name] = cls._load_one(settings, name, config)
+                version = resolve_version(settings, name)
+                pipelines[name] = cls._load_one(settings, name, version, config)
             except ModelLoadError as exc:
                 failures[name] = public_reason(exc)
                 log.error("model %s is NOT served: %s", name, exc)
+                failed.add(name, version, failure_reason(exc), exc)
         for name in failures:
             mark_not_ready(
                 name,
                 settings.model_versions.get(name)
                 or max(list_versions(settings.model_store, name), default=None),
             )
-        return cls(pipelines, failures)
+        return cls(pipelines, failures, settings, config, failed)
 
     @staticmethod
-    def _load_one(settings: Settings, name: str, config: SessionConfig) -> Pipeline:
-        # Only a TensorRT engine needs the largest batch before the pipeline exists (its profile).
-        largest = settings.batch_policy(name, on_gpu=True).max_batch_size
-        model = LoadedModel.load(
-            settings.model_store, name, version_to_serve(settings, name), config, largest
-        )
-        pipeline_type = PIPELINES.get(model.manifest.task)
-        if pipeline_type is None:
-            raise ModelLoadError(f"{model.label}: no pipeline serves task {model.manifest.task!r}")
-        pipeline = pipeline_type(model, settings)
-        started = time.perf_counter()
-        sizes = pipeline.warmup()  # with TensorRT, the first engine build (no cache yet) is here
-        warmup_s = time.perf_counter() - started
+    def _load_one(settings: Settings, name: str, version: int, config: SessionConfig) -> Pipeline:
+        pipeline = load_pipeline(settings, name, version, config)
+        model = pipeline.model
         mark_ready(name, model.version)
         record_model_provider(name, model.version, model.provider)
-        log.info(
-            "%s ready on %s (asked for %s; session made in %.2f s, warm-up %.2f s; IO binding %s; "
-            "%d intra-op threads), warmed up at batch sizes %s",
-            model.label,
-            model.provider,
-            ",".join(config.providers),
-            model.session_created_s,
-            warmup_s,
-            "on" if model.io_binding else "off",
-            config.intra_op_threads,
-            sizes,
-        )
         return pipeline
 
     @property
@@ -113,10 +226,28 @@ class ModelRegistry:
         """Each model this worker knows of: "ready", or why it is not served."""
         return {**dict.fromkeys(self.pipelines, "ready"), **self.failures}
 
-    def pipeline(self, name: str) -> Pipeline:
+    def names(self) -> list[str]:
+        """Every model this worker serves or was asked to serve (those that failed too)."""
+        return sorted({*self.pipelines, *self.failures})
+
+    def serving_version(self, name: str) -> int | None:
+        """The version new requests for ``name`` get; None while the model is not served."""
+        pipeline = self.pipelines.get(name)
+        return None if pipeline is None else pipeline.model.version
+
+    def served_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` a request may still ask for: the default first, then any
+        replaced one inside its grace period."""
+        serving = self.serving_version(name)
+        return ([] if serving is None else [serving]) + sorted(self.retiring.get(name, {}), reverse=True)
+
+    def pipeline(self, name: str, version: str | None = None) -> Pipeline:
+        """The pipeline serving ``name`` (``version``: that version, while it is served)."""
         pipeline = self.pipelines.get(name)
         if pipeline is not None:
-            return pipeline
+            if version is None or version == str(pipeline.model.version):
+                return pipeline
+            return self._retiring_version(name, version)
         if not self.pipelines and not self.failures:
             raise Unavailable(
                 "no model is loaded: the model store holds none; the server is not ready",
@@ -131,10 +262,65 @@ class ModelRegistry:
             )
         raise NotFound(f"unknown model {name!r}", {"model": name, "available": sorted(self.pipelines)})
 
+    def _retiring_version(self, name: str, version: str) -> Pipeline:
+        for number, pipeline in self.retiring.get(name, {}).items():
+            if version == str(number):
+                return pipeline
+        served = ", ".join(str(v) for v in self.served_versions(name))
+        raise NotFound(
+            f"version {version} of {name!r} is not served; serving {served}",
+            {"model": name, "version": version},
+        )
+
+    def swap_in(self, pipeline: Pipeline) -> Pipeline | None:
+        """Serve ``pipeline`` to every new request for its model; the replaced one, if any.
+
+        One assignment: a request that already holds the old pipeline finishes on it, and the
+        old one keeps answering what it holds until :meth:`release`. The new version must
+        differ from the old one (the watcher never reloads the version it serves).
+        """
+        model = pipeline.model
+        old = self.pipelines.get(model.name)
+        self.pipelines[model.name] = pipeline
+        self.failures.pop(model.name, None)
+        mark_ready(model.name, model.version)
+        record_model_provider(model.name, model.version, model.provider)
+        record_swap(model.name, None if old is None else old.model.version, model.version)
+        if old is not None:
+            self.retiring.setdefault(model.name, {})[old.model.version] = old
+        return old
+
+    async def release(self, name: str, version: int) -> None:
+        """Close a replaced version: what it still holds is answered, then its session is freed."""
+        pipeline = self.retiring.get(name, {}).pop(version, None)
+        if not self.retiring.get(name):
+            self.retiring.pop(name, None)
+        if pipeline is None:
+            return
+        await pipeline.close()
+        pipeline.model.release()
+        record_release(name, version)
+        log.info("%s/%d released: closed and its ONNX Runtime session freed", name, version)
+
     async def close(self) -> None:
         """At shutdown: every model answers what it still holds (see :meth:`Pipeline.close`)."""
         for pipeline in self.pipelines.values():
             await pipeline.close()
+        for versions in list(self.retiring.values()):
+            for pipeline in list(versions.values()):
+                await pipeline.close()
+        self.retiring.clear()
+
+
+def resolve_version(settings: Settings, name: str) -> int:
+    """The version of ``name`` to load at start-up: its pin, else the highest servable one."""
+    version = version_to_serve(settings, name)
+    if version is not None:
+        return version
+    try:
+        return latest_version(settings.model_store, name)
+    except ManifestError as exc:
+        raise ModelLoadError(f"{name}: {exc}") from exc
 
 
 def folders_without_manifest(store: Path, listed: list[str]) -> dict[str, str]:

@@ -62,6 +62,10 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded: missing, tampered with, or not what its manifest says."""
 
 
+class GraphMismatch(ModelLoadError):
+    """The graph's inputs or outputs are not those its manifest declares."""
+
+
 class ProviderUnavailable(ModelLoadError):
     """The configured execution provider can never work on this machine: the server must stop."""
 
@@ -343,6 +347,15 @@ class LoadedModel:
         """Whether the session really runs on a GPU provider."""
         return self.provider in GPU_PROVIDERS
 
+    def release(self) -> None:
+        """Drop the ONNX Runtime session now, once this version is no longer served.
+
+        Its memory is freed at once by reference counting, even where this object itself
+        lives on in a reference cycle that the garbage collector never visits (the service
+        freezes what it loaded at start-up out of every collection).
+        """
+        self.session = None
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One ONNX Runtime call; with IO binding when the config (or a GPU) says so."""
         if self.io_binding:
@@ -381,6 +394,6 @@ class LoadedModel:
                 for a in actual
             ]
             if list(declared) != found:
-                raise ModelLoadError(
+                raise GraphMismatch(
                     f"{self.label}: the graph's {kind}s {found} differ from the manifest's {list(declared)}"
                 )

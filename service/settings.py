@@ -136,6 +136,15 @@ class Settings(BaseSettings):
     # The service's own log lines (model loading, failed requests with their request id):
     # "text" in BentoML's format, or "json", one JSON object per line, for log collectors.
     log_format: Literal["text", "json"] = "text"
+    # Every this many seconds each worker looks in the model store for a newer servable version
+    # of each unpinned model (or, when its version's folder was removed, the one below it),
+    # loads, verifies and warms it in the background, and swaps it in (docs/model-lifecycle.md).
+    # 0 = never: the versions loaded at start-up are served until the server stops.
+    model_poll_s: float = Field(10.0, ge=0)
+    # After a swap, how long the replaced version keeps answering what it already holds (and
+    # requests that asked for it by number) before it is closed and its session freed. It must
+    # cover a queued request's longest life: the batch queue timeout and the HTTP timeout.
+    model_release_grace_s: float = Field(5.0, ge=0)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -162,6 +171,16 @@ class Settings(BaseSettings):
                     "largest allowed request could never be queued: raise the queue size or "
                     "lower the item limit"
                 )
+        longest_wait = max(
+            [self.http_timeout_s, *(p.queue_timeout_s for p in (self.batch, *self.batch_overrides.values()))]
+        )
+        if self.model_release_grace_s < longest_wait:
+            raise ValueError(
+                f"MODELSERVE_MODEL_RELEASE_GRACE_S ({self.model_release_grace_s:g}) is shorter than a "
+                f"request may hold a model version ({longest_wait:g} s: the longest batch queue timeout "
+                "or the HTTP timeout), so a replaced version could be closed under a request still "
+                "waiting for it: raise the grace period"
+            )
         return self
 
     def batch_policy(self, model: str, on_gpu: bool = False) -> BatchPolicy:
