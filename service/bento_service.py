@@ -16,6 +16,7 @@ from typing import Any
 import bentoml
 from bentoml._internal.context import server_context
 
+from service.connections import install as install_connection_guards
 from service.metrics import record_runtime
 from service.middleware import JsonErrors
 from service.model_watcher import ModelWatcher
@@ -42,6 +43,10 @@ try:
     SessionConfig.from_settings(settings)
 except ProviderUnavailable as exc:
     raise SystemExit(f"modelserve cannot start: {exc}") from None
+# Header, idle and body timeouts, and a drain on SIGTERM that answers instead of resetting:
+# the uvicorn server BentoML builds in each worker, after importing this module, is a guarded
+# one (service.connections; a bad MODELSERVE_*_TIMEOUT_S stops start-up here).
+install_connection_guards()
 app = create_app()
 
 
