@@ -6,7 +6,7 @@ PORT   ?= 3000
 # The GPU build of ONNX Runtime where a GPU is visible, the lean CPU build everywhere else.
 ORT    ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test models smoke-train lint format bench loadtest build clean
+.PHONY: serve test models smoke-train lint format fuzz bench loadtest build clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: $(VENV)/.test-$(ORT)
 
 format: $(VENV)/.test-$(ORT)
 	$(BIN)/ruff format .
+
+## fuzz: schemathesis over /docs.json, the long run (every operation; no 5xx, no answer off the document, at least 1,000 answers that reach a model)
+fuzz: $(VENV)/.test-$(ORT)
+	MODELSERVE_FUZZ_EXAMPLES=150 MODELSERVE_FUZZ_MIN_2XX=1000 $(BIN)/pytest tests/test_openapi_fuzz.py -s
 
 ## bench: server vs bare FastAPI vs in-process ONNX Runtime (writes docs/benchmarks.md)
 bench: $(VENV)/.bench-$(ORT)

@@ -125,7 +125,9 @@ class GenerateRequest(_Strict):
     )
 
     labels: Annotated[list[Digit], Len(1)] = Field(description="one digit 0..9 per image")
-    seed: Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)] | None = Field(
+    # At most 2**53 - 1: the largest integer every JSON client holds exactly (an IEEE double),
+    # and one the OpenAPI document can state without rounding it.
+    seed: Annotated[int, Field(strict=True, ge=0, le=2**53 - 1)] | None = Field(
         None, description="seed of the latent noise; omitted: a random one"
     )
     format: Literal["png", "array"] = Field(
