@@ -40,15 +40,19 @@ and asks each connection to shut down. Here, a draining connection:
 
 uvicorn's own graceful timeout is set to ``drain_timeout_s + linger_s + 1``: after it the
 remaining tasks are cancelled, then the service's shutdown runs (the batchers fail whatever
-is still queued with a 503) and the worker exits. So every process of the server is gone at
-most about ``drain_timeout_s + linger_s + 1`` seconds after SIGTERM (docs/reliability.md).
+is still queued with a 503) and the worker exits. So a worker has closed every connection
+at most ``drain_timeout_s + linger_s`` seconds after SIGTERM, is past uvicorn's bound one second
+later, and every process of the server is gone after the service's shutdown and the arbiter's
+exit, which took one to two seconds more (8 s in all with the defaults; measured figures in
+docs/reliability.md).
 
 Settings, each read from ``MODELSERVE_<FIELD>`` (seconds):
 
 - ``MODELSERVE_HEADER_TIMEOUT_S`` (10): first byte of a request to the end of its headers.
 - ``MODELSERVE_IDLE_TIMEOUT_S`` (5): a connection with no request under way.
 - ``MODELSERVE_BODY_TIMEOUT_S`` (10): longest pause while a request body arrives.
-- ``MODELSERVE_DRAIN_TIMEOUT_S`` (10): after SIGTERM, how long requests in flight may take.
+- ``MODELSERVE_DRAIN_TIMEOUT_S`` (5): after SIGTERM, how long requests in flight may take (more
+  than BentoML's own request timeout, ``MODELSERVE_HTTP_TIMEOUT_S``, 2 s by default).
 - ``MODELSERVE_LINGER_S`` (2): after an answer that closes the connection, how long the
   client's leftover data is read and dropped before the socket is closed.
 
@@ -86,7 +90,7 @@ class ConnectionSettings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, le=300)
     idle_timeout_s: float = Field(5.0, gt=0, le=300)
     body_timeout_s: float = Field(10.0, gt=0, le=300)
-    drain_timeout_s: float = Field(10.0, gt=0, le=120)
+    drain_timeout_s: float = Field(5.0, gt=0, le=120)
     linger_s: float = Field(2.0, ge=0, le=30)
 
     @property

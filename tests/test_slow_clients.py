@@ -275,3 +275,15 @@ def test_the_places_service_connections_hooks_into_are_still_there():
     config = GuardedConfig(app=lambda scope, receive, send: None, timeout_keep_alive=5)
     config.load()
     assert config.http_protocol_class is GuardedHttpToolsProtocol
+
+
+def test_a_bad_timeout_setting_stops_start_up_naming_the_variable(monkeypatch):
+    from service import connections
+
+    monkeypatch.setenv("MODELSERVE_HEADER_TIMEOUT_S", "0")
+    connections.connection_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match="MODELSERVE_HEADER_TIMEOUT_S"):
+            connections.connection_settings()
+    finally:
+        connections.connection_settings.cache_clear()
