@@ -44,9 +44,28 @@ def test_nested_and_per_model_batch_settings(monkeypatch):
         ("MODELSERVE_PROVIDER", "tpu", "MODELSERVE_PROVIDER"),
         ("MODELSERVE_MODEL_VERSIONS", "classifier=1", "model_versions"),
         ("MODELSERVE_MAX_ITEMS_PER_REQUEST", "5000", "raise the queue size or lower the item limit"),
+        ("MODELSERVE_MODEL_POLL_S", "-1", "MODELSERVE_MODEL_POLL_S"),
+        ("MODELSERVE_MODEL_RELEASE_GRACE_S", "1", "GRACE_S .* raise the grace period"),
     ],
 )
 def test_a_bad_value_stops_start_up_with_a_message_naming_it(monkeypatch, name, value, says):
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=says):
         get_settings()
+
+
+def test_model_updates_poll_every_10_s_and_release_a_replaced_version_after_5_s():
+    settings = Settings()
+    assert settings.model_poll_s == 10 and settings.model_release_grace_s == 5
+
+
+def test_the_release_grace_must_outlast_the_longest_queue_timeout(monkeypatch):
+    # A replaced version must not be closed under a request still queued for it.
+    monkeypatch.setenv("MODELSERVE_BATCH_OVERRIDES", '{"forecaster": {"queue_timeout_s": 8}}')
+    with pytest.raises(SettingsError, match=r"\(8 s: the longest batch queue timeout"):
+        get_settings()
+    get_settings.cache_clear()
+    monkeypatch.setenv("MODELSERVE_MODEL_RELEASE_GRACE_S", "8")
+    monkeypatch.setenv("MODELSERVE_MODEL_POLL_S", "0")  # 0: no polling at all
+    settings = get_settings()
+    assert settings.model_release_grace_s == 8 and settings.model_poll_s == 0
