@@ -156,17 +156,22 @@ class ModelWatcher:
                 old.model.version,
                 self.grace_s,
             )
-            task = asyncio.get_running_loop().create_task(self._release_later(name, old.model.version))
+            task = asyncio.get_running_loop().create_task(self._release_later(old))
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
-        del old  # the registry's retiring entry is the only reference left
         if self.registry.ready and not was_ready:
             self.on_ready()
 
-    async def _release_later(self, name: str, version: int) -> None:
+    async def _release_later(self, old: Pipeline) -> None:
         await asyncio.sleep(self.grace_s)
-        await self.registry.release(name, version)
+        await self.registry.release(old)
+        del old  # nothing here keeps the closed pipeline alive while the heap is trimmed
         return_freed_memory()
+
+    async def wait_for_releases(self) -> None:
+        """Until every replaced version has been released (their grace periods run out)."""
+        while self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
 
 
 def return_freed_memory() -> None:

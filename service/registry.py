@@ -172,8 +172,10 @@ class ModelRegistry:
         # Model name -> why it is not served, in words fit for a client: no file paths and no
         # ONNX Runtime text (the log has those).
         self.failures = failures
-        # Replaced versions finishing what they hold until released: model -> version -> pipeline.
-        self.retiring: dict[str, dict[int, Pipeline]] = {}
+        # Replaced versions finishing what they hold until released, oldest first, by model. A
+        # list, not a dict by version: a version folder removed and published again can be
+        # replaced twice within one grace period.
+        self.retiring: dict[str, list[Pipeline]] = {}
         self.settings = settings
         self.config = config
         self.failed_versions = failed_versions or FailedVersions(settings.model_store if settings else Path())
@@ -239,7 +241,8 @@ class ModelRegistry:
         """The versions of ``name`` a request may still ask for: the default first, then any
         replaced one inside its grace period."""
         serving = self.serving_version(name)
-        return ([] if serving is None else [serving]) + sorted(self.retiring.get(name, {}), reverse=True)
+        retiring = [pipeline.model.version for pipeline in reversed(self.retiring.get(name, []))]
+        return list(dict.fromkeys(([] if serving is None else [serving]) + retiring))
 
     def pipeline(self, name: str, version: str | None = None) -> Pipeline:
         """The pipeline serving ``name`` (``version``: that version, while it is served)."""
@@ -263,8 +266,8 @@ class ModelRegistry:
         raise NotFound(f"unknown model {name!r}", {"model": name, "available": sorted(self.pipelines)})
 
     def _retiring_version(self, name: str, version: str) -> Pipeline:
-        for number, pipeline in self.retiring.get(name, {}).items():
-            if version == str(number):
+        for pipeline in reversed(self.retiring.get(name, [])):
+            if version == str(pipeline.model.version):
                 return pipeline
         served = ", ".join(str(v) for v in self.served_versions(name))
         raise NotFound(
@@ -287,27 +290,30 @@ class ModelRegistry:
         record_model_provider(model.name, model.version, model.provider)
         record_swap(model.name, None if old is None else old.model.version, model.version)
         if old is not None:
-            self.retiring.setdefault(model.name, {})[old.model.version] = old
+            self.retiring.setdefault(model.name, []).append(old)
         return old
 
-    async def release(self, name: str, version: int) -> None:
-        """Close a replaced version: what it still holds is answered, then its session is freed."""
-        pipeline = self.retiring.get(name, {}).pop(version, None)
-        if not self.retiring.get(name):
-            self.retiring.pop(name, None)
-        if pipeline is None:
+    async def release(self, pipeline: Pipeline) -> None:
+        """Close a replaced pipeline: what it still holds is answered, then its session is freed."""
+        name, version = pipeline.model.name, pipeline.model.version
+        retiring = self.retiring.get(name, [])
+        if pipeline not in retiring:
             return
+        retiring.remove(pipeline)
+        if not retiring:
+            del self.retiring[name]
         await pipeline.close()
         pipeline.model.release()
-        record_release(name, version)
+        # The same version number may be served again (its folder removed, then published anew).
+        record_release(name, version, still_served=version in self.served_versions(name))
         log.info("%s/%d released: closed and its ONNX Runtime session freed", name, version)
 
     async def close(self) -> None:
         """At shutdown: every model answers what it still holds (see :meth:`Pipeline.close`)."""
         for pipeline in self.pipelines.values():
             await pipeline.close()
-        for versions in list(self.retiring.values()):
-            for pipeline in list(versions.values()):
+        for retiring in list(self.retiring.values()):
+            for pipeline in retiring:
                 await pipeline.close()
         self.retiring.clear()
 

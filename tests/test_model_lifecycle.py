@@ -1,6 +1,7 @@
 """New model versions swapped in while the server serves: real servers over a temporary model store.
 
-Each test copies the committed store, starts ``bentoml serve`` on it with a one-second poll
+The first tests drive the registry and its watcher in this process, one poll at a time. The
+others copy the committed store, start ``bentoml serve`` on it with a one-second poll
 (``MODELSERVE_MODEL_POLL_S=1``), then publishes, breaks or removes versions the way an operator
 would, and watches what the server does over HTTP: the swap under load, a version that fails
 verification, the fallback when the newest version's folder is removed, a pinned version, and
@@ -25,7 +26,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client import REGISTRY
 
+from service.model_watcher import ModelWatcher
+from service.registry import ModelRegistry
+from service.settings import Settings
 from store_format import Gate, QualityCheck, publish, read_manifest
 from tests.conftest import COMMITTED_STORE, Server, serve
 from tests.test_reliability import break_for_onnx_runtime
@@ -187,7 +192,66 @@ class Load:
             await asyncio.sleep(0.1)
 
 
-# --- the tests ----------------------------------------------------------------------------------------
+# --- in one process: the registry and the watcher, poll by poll ----------------------------------------
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's value in this process's registry (0 when the series does not exist yet)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def in_process(store: Path) -> tuple[ModelRegistry, ModelWatcher]:
+    """The classifier's registry over ``store`` and a watcher polled by hand, with no grace period."""
+    registry = ModelRegistry.load(Settings(model_store=store, models=["classifier"], workers=1))
+    return registry, ModelWatcher(registry, poll_s=0, grace_s=0, on_ready=lambda: None)
+
+
+def test_a_version_number_served_again_within_a_grace_period_stays_ready(store_copy):
+    async def scenario() -> None:
+        registry, watcher = in_process(store_copy)
+        first = registry.pipeline("classifier")
+        second = publish_copy(store_copy, "classifier")
+        await watcher.poll()
+        assert registry.served_versions("classifier") == [2, 1]
+        assert registry.pipeline("classifier", "1") is first  # asked for by number: still served
+        remove_version(store_copy, "classifier", second)
+        await watcher.poll()  # back to 1, loaded afresh, while the first 1 is still retiring
+        assert registry.served_versions("classifier") == [1, 2]
+        assert registry.pipeline("classifier") is not first
+        await watcher.wait_for_releases()
+        assert registry.served_versions("classifier") == [1] and not registry.retiring
+        assert first.model.session is None  # released: its ONNX Runtime session is gone
+        assert sample("modelserve_model_ready", model="classifier", version="1") == 1
+        assert sample("modelserve_model_ready", model="classifier", version="2") == 0
+        await registry.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_version_is_tried_again_only_once_its_files_change(store_copy):
+    async def scenario() -> None:
+        registry, watcher = in_process(store_copy)
+        broken = publish_with_wrong_sha256(store_copy, "classifier")
+        labels = {"model": "classifier", "version": str(broken), "reason": "sha256"}
+        before = sample("modelserve_model_load_failures_total", **labels)
+        for _ in range(3):
+            await watcher.poll()
+        assert sample("modelserve_model_load_failures_total", **labels) == before + 1
+        assert registry.served_versions("classifier") == [1]
+        # The right model file's sha256 put in its manifest: a new fingerprint, tried, and served.
+        folder = store_copy / "classifier" / str(broken)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["sha256"] = read_manifest(store_copy / "classifier" / "1").sha256
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        await watcher.poll()
+        assert registry.served_versions("classifier") == [broken, 1]
+        await watcher.wait_for_releases()
+        await registry.close()
+
+    asyncio.run(scenario())
+
+
+# --- against a real server ----------------------------------------------------------------------------
 
 
 def test_a_new_version_is_swapped_in_under_load_without_a_failed_request(tmp_path, store_copy):
