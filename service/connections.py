@@ -43,7 +43,7 @@ remaining tasks are cancelled, then the service's shutdown runs (the batchers fa
 is still queued with a 503) and the worker exits. So a worker has closed every connection
 at most ``drain_timeout_s + linger_s`` seconds after SIGTERM, is past uvicorn's bound one second
 later, and every process of the server is gone after the service's shutdown and the arbiter's
-exit, which took one to two seconds more (8 s in all with the defaults; measured figures in
+exit, which took one to two seconds more: about 10 s with the defaults (measured figures in
 docs/reliability.md).
 
 Settings, each read from ``MODELSERVE_<FIELD>`` (seconds):
