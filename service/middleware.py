@@ -1,9 +1,20 @@
-"""The service's ASGI middleware: body size limit, connection recycling, request ids, JSON errors.
+"""The service's ASGI middleware: admission control, body size limit, connection recycling,
+request ids, JSON errors.
 
-:class:`BodyLimit` and :class:`ConnectionRecycler` wrap every route of the service's app
-(added with ``app.add_middleware`` in ``service.routes``); :class:`JsonErrors` wraps the
-whole BentoML app, whose own answers (unknown paths, ``/readyz``) are plain text, and
-stamps every answer with its request id.
+:class:`InFlightLimit`, :class:`BodyLimit` and :class:`ConnectionRecycler` wrap every route of
+the service's app (added with ``app.add_middleware`` in ``service.routes``; the in-flight limit
+outermost, so a refusal costs no parsing and no model time); :class:`JsonErrors` wraps the
+whole BentoML app, whose own answers (unknown paths, ``/readyz``) are plain text, and stamps
+every answer with its request id.
+
+The overload knobs are read here, by :class:`OverloadSettings`, from ``MODELSERVE_*``:
+
+- ``MODELSERVE_MAX_INFLIGHT_PER_WORKER`` (512): requests one worker holds at once; beyond it a
+  request is answered 503 + ``Retry-After`` at once. 0 = no limit.
+- ``MODELSERVE_OVERLOAD_RETRY_AFTER_S`` (1): the ``Retry-After`` of those refusals.
+- ``MODELSERVE_RECYCLE_PACE`` (4): a worker closes at most one connection (to rebalance them,
+  :class:`ConnectionRecycler`) per this many times the connections it holds requests. 0 = no
+  pacing.
 """
 
 from __future__ import annotations
@@ -12,9 +23,12 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import request_ids
@@ -25,6 +39,122 @@ log = logging.getLogger(__name__)
 
 # What explains an error at a path: {"error": <replacing the framework's text>, "detail": {...}}.
 Explanation = Callable[[], dict[str, Any]]
+
+# Set in the ASGI scope of a request that InFlightLimit refused: JsonErrors then leaves its
+# one-line-per-error log to InFlightLimit's summary (a line per request would add log I/O to
+# a worker exactly when it is overloaded).
+SHED = "modelserve.shed"
+
+
+class OverloadSettings(BaseSettings):
+    """How a worker protects itself under overload, read from ``MODELSERVE_*``.
+
+    Kept here, next to the middleware they drive, until the service's one settings object
+    (``service.settings``) takes them over under the same variable names.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MODELSERVE_", extra="ignore", frozen=True)
+
+    # Requests one worker holds at once (task routes, V2; /metrics is never refused); beyond
+    # it a request is answered 503 + Retry-After at once. A worker answers about 1,500-4,500
+    # /classify requests a second, so 512 in flight is already 0.1-0.3 s of queueing: more
+    # would only wait longer, and past the batch queue timeout (1.5 s) they fail anyway.
+    # 0 = no limit.
+    max_inflight_per_worker: int = Field(512, ge=0)
+    # What refused clients are told to wait, in whole seconds (Retry-After).
+    overload_retry_after_s: int = Field(1, ge=1, le=3600)
+    # ConnectionRecycler closes at most one connection per recycle_pace x (connections the
+    # worker holds) requests: every close is a reconnect, and a worker accepts one connection
+    # per turn of its event loop, which serves at most one request per connection (see
+    # ConnectionRecycler). 0 = no pacing.
+    recycle_pace: float = Field(4.0, ge=0, le=1000)
+
+
+@lru_cache(maxsize=1)
+def overload_settings() -> OverloadSettings:
+    """The settings, read once; a bad value stops start-up with one line naming the variable."""
+    try:
+        return OverloadSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"MODELSERVE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"modelserve cannot start: invalid service configuration: {problems}") from None
+
+
+class InFlightLimit:
+    """At most ``limit`` requests in flight in this worker; the next ones get 503 at once.
+
+    A refusal is decided from the path alone, before the body is read or parsed, and is a
+    ready-made JSON answer (``{"error", "detail"}``, ``Retry-After``; :class:`JsonErrors`
+    adds the request id): no body parsing, no queueing, no model time. What runs in front of
+    this app (uvicorn, BentoML's middleware) still does, so a refusal costs a worker about
+    half the CPU of an answered /classify request (bench/overload.py): a limit keeps the
+    admitted requests' latency and the worker's memory bounded, but clients that retry at
+    once, ignoring Retry-After, can still keep it busy refusing. Paths in ``exempt``
+    (``/metrics``) are always served. Refusals are logged as one summary line at most every
+    ``log_every_s``, not one line each.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        retry_after_s: int = 1,
+        exempt: Iterable[str] = ("/metrics",),
+        log_every_s: float = 10.0,
+    ) -> None:
+        assert limit >= 1, f"limit must be >= 1, got {limit}"
+        self.app = app
+        self.limit = limit
+        self.exempt = frozenset(exempt)
+        self.in_flight = 0
+        self.refused = 0  # since the last summary line
+        self.log_every_s = log_every_s
+        self.next_log = 0.0
+        body = json.dumps(
+            {
+                "error": "overloaded: too many requests in flight, retry later",
+                "detail": {
+                    "limit_per_worker": limit,
+                    "retry_after_s": retry_after_s,
+                    "setting": "MODELSERVE_MAX_INFLIGHT_PER_WORKER",
+                },
+            }
+        ).encode()
+        self.body = body
+        self.headers = (
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry_after_s).encode()),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            return await self._refuse(scope, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        scope[SHED] = True
+        self.refused += 1
+        now = time.monotonic()
+        if now >= self.next_log:
+            self.next_log = now + self.log_every_s
+            log.warning(
+                "overloaded: refused %d request(s) with 503 since the last such line "
+                "(%d in flight, limit %d per worker: MODELSERVE_MAX_INFLIGHT_PER_WORKER)",
+                self.refused,
+                self.in_flight,
+                self.limit,
+            )
+            self.refused = 0
+        # Fresh messages each time: middleware further out may add headers in place.
+        await send({"type": "http.response.start", "status": 503, "headers": list(self.headers)})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 class BodyLimit:
@@ -76,12 +206,27 @@ class ConnectionRecycler:
 
     Connections are told apart by the client address and port; entries of connections the
     client closed itself are forgotten once past their age.
+
+    Recycling is paced: a worker closes at most one connection per ``pace`` x (connections it
+    holds) requests it serves (0 = no pacing). Each close is a reconnect the worker has to
+    accept, and it accepts one connection per turn of its event loop (libuv's rule), while a
+    turn serves at most one request per connection; so the pace keeps reconnects to at most
+    one per ``pace`` turns, and the accept queue short. Unpaced, 512 clients at a 2 s age ask
+    for 256 reconnects a second from workers that, fully loaded, turn only a few dozen times
+    a second: hundreds of connections then wait in the kernel's accept queue, their requests
+    already sent, for seconds (bench/overload.py measured 228 on average, and a p99 of 3.7 s).
+    At 64 connections on two workers the pace lets a worker close about as many connections
+    as their age asks for; with hundreds, connections live longer than their age, and the
+    spread (even by then, every worker being busy) changes more slowly.
     """
 
-    def __init__(self, app: ASGIApp, max_age_s: float) -> None:
+    def __init__(self, app: ASGIApp, max_age_s: float, pace: float = 0.0) -> None:
         assert max_age_s > 0, f"max_age_s must be > 0, got {max_age_s}"
+        assert pace >= 0, f"pace must be >= 0, got {pace}"
         self.app = app
         self.max_age_s = max_age_s
+        self.pace = pace
+        self.served_since_close = 0  # requests since the last close
         self.deadlines: dict[tuple[str, int], float] = {}  # client (host, port) -> when to close
         self.next_sweep = 0.0
         self.random = random.Random()
@@ -91,13 +236,15 @@ class ConnectionRecycler:
         if scope["type"] != "http" or client is None:
             return await self.app(scope, receive, send)
         now = time.monotonic()
+        self.served_since_close += 1
         deadline = self.deadlines.get(client)
         if deadline is None:
             self._forget_expired(now)
             self.deadlines[client] = now + self.max_age_s * self.random.uniform(0.75, 1.25)
-        if deadline is None or now < deadline:
+        if deadline is None or now < deadline or not self._may_close():
             return await self.app(scope, receive, send)
         del self.deadlines[client]
+        self.served_since_close = 0
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -105,6 +252,11 @@ class ConnectionRecycler:
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+    def _may_close(self) -> bool:
+        """Whether enough requests were served since the last close (see the pace above); the
+        connections held are those with an entry, which the sweep keeps close to the truth."""
+        return self.served_since_close >= self.pace * len(self.deadlines)
 
     def _forget_expired(self, now: float) -> None:
         """At most once per age: drop connections past their deadline (most closed already)."""
@@ -191,6 +343,8 @@ class JsonErrors:
                     "detail": {**answer["detail"], **more.get("detail", {})},
                 }
         answer["request_id"] = request_id
+        if scope.get(SHED):  # refused by InFlightLimit, which logs a summary instead
+            return json.dumps(answer).encode()
         log.log(
             logging.WARNING if status >= 500 else logging.INFO,
             "%s %s answered %d: %s (request_id=%s)",
