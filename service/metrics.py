@@ -180,11 +180,12 @@ def record_swap(model: str, from_version: int | None, to_version: int) -> None:
     SWAPS.labels(model, "" if from_version is None else str(from_version), str(to_version)).inc()
 
 
-def record_release(model: str, version: int, still_served: bool = False) -> None:
-    """A replaced version is gone from this worker: not ready any more (unless a pipeline of the
-    same version number is served again), nothing queued."""
+def record_release(model: str, version: int, provider: str, still_served: bool = False) -> None:
+    """A replaced version is gone from this worker: not ready any more, on no provider, nothing
+    queued (unless a pipeline of the same version number is served again)."""
     if not still_served:
         READY.labels(model, str(version)).set(0)
+        MODEL_PROVIDER.labels(model, str(version), provider).set(0)
         QUEUED.labels(model, str(version)).set(0)
     RELEASES.labels(model, str(version)).inc()
 

@@ -305,7 +305,8 @@ class ModelRegistry:
         await pipeline.close()
         pipeline.model.release()
         # The same version number may be served again (its folder removed, then published anew).
-        record_release(name, version, still_served=version in self.served_versions(name))
+        still_served = version in self.served_versions(name)
+        record_release(name, version, pipeline.model.provider, still_served)
         log.info("%s/%d released: closed and its ONNX Runtime session freed", name, version)
 
     async def close(self) -> None:

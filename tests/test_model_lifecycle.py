@@ -348,6 +348,7 @@ def test_removing_the_newest_version_falls_back_to_the_previous_one(tmp_path, st
     assert before == {("2",)} and after == {("1",)}
     assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     assert metric_sum(text, "modelserve_model_ready", model="classifier", version="2") == 0
+    assert metric_sum(text, "modelserve_model_provider_info", model="classifier", version="2") == 0
 
 
 def test_a_pinned_version_is_never_swapped(tmp_path, store_copy):
