@@ -14,6 +14,7 @@ standard library, no torch, no ONNX Runtime) is their whole interface, and
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -168,6 +169,22 @@ class Gate:
         return {"verdict": self.verdict, "checks": [asdict(check) for check in self.checks]}
 
 
+# serving hints that are history lengths, in the order they must be in when present:
+# shortest accepted <= weeks the model reads <= longest the graph is meant to be fed
+HISTORY_LENGTH_KEYS = ("min_length", "window", "max_length")
+
+
+def check_history_lengths(serving: dict[str, Any], name: str) -> None:
+    """Refuse ``serving`` length hints that are not positive integers in ascending order."""
+    present = [(key, serving[key]) for key in HISTORY_LENGTH_KEYS if key in serving]
+    for key, value in present:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ManifestError(f"{name}: serving.{key} must be a positive integer, got {value!r}")
+    for (key_a, a), (key_b, b) in itertools.pairwise(present):
+        if a > b:
+            raise ManifestError(f"{name}: serving.{key_a} ({a}) is more than serving.{key_b} ({b})")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What ``manifest.json`` records about one model version."""
@@ -184,7 +201,9 @@ class Manifest:
     dataset: dict[str, Any]  # where the data came from and how it was split
     labels: list[str] | None = None  # class names, index-aligned with the output, if any
     # Facts a server needs that the tensor shapes do not carry (value ranges, minimum
-    # history length, ...). Keys are documented per model in docs/model-store.md.
+    # history length, the forecaster's ``window``: how many of the most recent weeks it
+    # reads, ...). Keys are documented per model in docs/model-store.md; the history-length
+    # keys are checked by ``check_history_lengths``.
     serving: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""  # ISO 8601, UTC
     producer: dict[str, Any] = field(default_factory=dict)  # library versions that built it
@@ -209,6 +228,7 @@ class Manifest:
             raise ManifestError(f"{self.name}: training must record the seed")
         if self.gate is not None:
             self.gate.check_consistent(self.metrics, self.name)
+        check_history_lengths(self.serving, self.name)
         if self.precision not in PRECISIONS:
             raise ManifestError(f"{self.name}: precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.derived_from is not None and (

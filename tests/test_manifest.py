@@ -191,6 +191,17 @@ def test_integrity_error_is_a_manifest_error() -> None:
         (lambda d: d["inputs"][0].update(shape=[-1, 0, 8]), "has a dimension < -1 or 0"),
         (lambda d: d["inputs"][0].update(name=""), "tensor name must be non-empty"),
         (lambda d: d["outputs"][0].pop("shape"), "needs name, datatype and shape"),
+        (lambda d: d["serving"].update(min_length=0), "serving.min_length must be a positive integer"),
+        (lambda d: d["serving"].update(window=260.5), "serving.window must be a positive integer"),
+        (lambda d: d["serving"].update(window=True), "serving.window must be a positive integer"),
+        (
+            lambda d: d["serving"].update(min_length=104, window=52),
+            r"serving.min_length \(104\) is more than serving.window \(52\)",
+        ),
+        (
+            lambda d: d["serving"].update(window=300, max_length=260),
+            r"serving.window \(300\) is more than serving.max_length \(260\)",
+        ),
     ],
 )
 def test_bad_manifest_dicts_raise_helpful_errors(change, message: str) -> None:
@@ -205,6 +216,14 @@ def write_manifest(tmp_path: Path, name: str, version: str, text: str) -> Path:
     version_dir.mkdir(parents=True)
     (version_dir / MANIFEST_FILE).write_text(text)
     return version_dir
+
+
+def test_history_length_hints_in_order_are_accepted() -> None:
+    data = valid_dict()
+    data["serving"] = {"horizon": 52, "min_length": 104, "window": 260, "max_length": 260}
+    assert Manifest.from_dict(data).serving["window"] == 260
+    data["serving"] = {"min_length": 104, "max_length": 1040}  # manifests older than the window
+    assert "window" not in Manifest.from_dict(data).serving
 
 
 def test_manifest_file_that_is_not_json(tmp_path: Path) -> None:
