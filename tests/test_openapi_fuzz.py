@@ -26,9 +26,10 @@ import pytest
 from tests.conftest import Server, serve
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-# Generated cases per operation and phase, and the 2xx answers the run must reach.
+# Generated cases per operation and phase, and how many answers must come from a model (a 2xx
+# on an inference operation; metadata and health answers do not count).
 EXAMPLES = int(os.environ.get("MODELSERVE_FUZZ_EXAMPLES", "25"))
-MIN_2XX = int(os.environ.get("MODELSERVE_FUZZ_MIN_2XX", "150"))
+MIN_2XX = int(os.environ.get("MODELSERVE_FUZZ_MIN_2XX", "100"))
 # A fixed seed: a failure in CI replays the same cases (`st replay` with the printed id).
 SEED = int(os.environ.get("MODELSERVE_FUZZ_SEED", "20261126"))
 RUN_TIMEOUT_S = 60 + 6 * EXAMPLES
@@ -71,6 +72,16 @@ def run_schemathesis(url: str, reports: Path) -> subprocess.CompletedProcess[str
     return subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env)
 
 
+INFERENCE_OPERATIONS = (
+    "POST /classify",
+    "POST /classify_image",
+    "POST /forecast",
+    "POST /generate",
+    "POST /v2/models/{name}/infer",
+    "POST /v2/models/{name}/versions/{version}/infer",
+)
+
+
 def operation_of(entry: dict) -> str:
     """``POST /v2/models/classifier/infer`` -> ``POST /v2/models/{name}/infer``, for the summary."""
     parts = entry["request"]["url"].split("?", 1)[0].split("/", 3)[3].split("/")
@@ -103,8 +114,11 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(fuzze
     assert report["failures"] == [], output[-6000:]
     assert finished.returncode == 0, output[-6000:]
     assert totals[5] == 0, [e["request"]["url"] for e in entries if e["response"]["status"] >= 500]
-    assert totals[2] >= MIN_2XX, f"only {totals[2]} answers reached a model (2xx)"
-    infer_2xx = sum(classes[2] for operation, classes in by_operation.items() if operation.endswith("/infer"))
-    assert infer_2xx > 0, "no V2 infer request reached a model"
+    inferred = {op: classes[2] for op, classes in by_operation.items() if op in INFERENCE_OPERATIONS}
+    print(f"answers from a model (2xx on an inference operation): {sum(inferred.values())}")
+    assert sum(inferred.values()) >= MIN_2XX, f"too few answers came from a model: {inferred}"
+    assert all(inferred.get(op) for op in INFERENCE_OPERATIONS), (
+        f"an operation never reached a model: {inferred}"
+    )
     with fuzzed.client() as http:
         assert http.get("/readyz").status_code == 200
