@@ -293,6 +293,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
+        if self._answering():  # a pipelined request: its clock starts once the one before is answered
+            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_too_slow)
+            return
         log.info(
             "closing a connection from %s: request headers incomplete after %g s",
             self.client,
@@ -347,7 +350,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
         self.draining = True
         self.app = answer_draining  # requests from now on, on this connection
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self._answering():
             self.cycle.keep_alive = False  # the answer in flight carries Connection: close
         self._drain_timer = self.loop.call_later(self.limits.drain_timeout_s, self._drain_deadline)
 
@@ -356,13 +359,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is not None and not cycle.response_started:
-            self._abandon(cycle, 503, _DRAINING_ERROR, _DRAINING_DETAIL, _RETRY_AFTER)
+        if self._answering():
+            if not cycle.response_started:
+                self._abandon(cycle, 503, _DRAINING_ERROR, _DRAINING_DETAIL, _RETRY_AFTER)
+            # else an answer is being streamed: uvicorn's graceful timeout bounds it
         elif self._header_timer is not None:  # a request's headers still arriving
             self._answer_and_close(503, _DRAINING_ERROR, _DRAINING_DETAIL, _RETRY_AFTER)
-        elif cycle is None or cycle.response_complete:
+        else:
             self.transport.close()
-        # else an answer is being streamed: uvicorn's graceful timeout bounds it
+
+    def _answering(self) -> bool:
+        """Whether a request of this connection is still being answered."""
+        return self.cycle is not None and not self.cycle.response_complete
 
 
 class GuardedConfig(uvicorn.config.Config):
