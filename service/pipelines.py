@@ -208,10 +208,14 @@ class ClassifierPipeline(Pipeline[ClassifyRequest | UploadedDigit, np.ndarray, n
 
 
 class ForecasterPipeline(Pipeline[ForecastRequest, np.ndarray, np.ndarray]):
-    """Items: 1-D float32 histories of any allowed length. Results: (H,) forecasts.
+    """Items: 1-D float32 histories, cut to the model's window. Results: (H,) forecasts.
 
-    Rows are right-padded to the longest row of their batch; the model ignores padding
-    (each row's answer equals its answer alone), so batch mates never change a forecast.
+    A history of at least ``min_length`` weeks is accepted at any length the request limits
+    allow; the model reads only its most recent ``window`` weeks (the manifest's ``serving``
+    hint, chosen on validation weeks: a longer history does not forecast better), so a longer
+    row is answered exactly as its last ``window`` weeks would be. Rows are right-padded to the
+    longest row of their batch; the model ignores padding (each row's answer equals its answer
+    alone), so batch mates never change a forecast.
     """
 
     run_in_thread_by_default = True  # a recurrent pass over hundreds of steps: milliseconds
@@ -220,7 +224,10 @@ class ForecasterPipeline(Pipeline[ForecastRequest, np.ndarray, np.ndarray]):
         super().__init__(model, settings)
         serving = model.manifest.serving
         self.min_length = int(serving.get("min_length", 1))
-        self.max_length = settings.max_series_length or int(serving.get("max_length", 4096))
+        # Manifests older than the window hint: the longest history they recommend.
+        self.window = int(serving.get("window", serving.get("max_length", 4096)))
+        # 0: no limit per row beyond the request's total (MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST)
+        self.max_length = settings.max_series_length
         self.horizon = model.manifest.outputs[0].shape[-1]
 
     def decode(self, body: ForecastRequest) -> list[np.ndarray]:
@@ -248,7 +255,8 @@ class ForecasterPipeline(Pipeline[ForecastRequest, np.ndarray, np.ndarray]):
     def checked_rows(
         self, rows: list[np.ndarray], field: str, place: Callable[[int], dict[str, Any]]
     ) -> list[np.ndarray]:
-        """The forecaster's checks on history rows, whether they came as JSON or as tensors.
+        """The forecaster's checks on history rows, whether they came as JSON or as tensors;
+        each row cut to its last ``window`` values.
 
         ``place(i)`` says where row ``i`` is in the request, for the error's detail.
         """
@@ -256,17 +264,23 @@ class ForecasterPipeline(Pipeline[ForecastRequest, np.ndarray, np.ndarray]):
         points = sum(map(len, rows))
         check_limit(field, points, "values over all rows", limit, "MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST")
         for i, row in enumerate(rows):
-            if not self.min_length <= len(row) <= self.max_length:
+            if len(row) < self.min_length or (self.max_length and len(row) > self.max_length):
+                longest = self.max_length or "any number of"
                 raise InvalidInput(
-                    f"{field}[{i}] has {len(row)} values; the forecaster takes "
-                    f"{self.min_length} to {self.max_length}",
-                    {**place(i), "min_length": self.min_length, "max_length": self.max_length},
+                    f"{field}[{i}] has {len(row)} values; the forecaster takes {self.min_length} to "
+                    f"{longest} (it reads the last {self.window})",
+                    {
+                        **place(i),
+                        "min_length": self.min_length,
+                        "max_length": self.max_length or None,
+                        "window": self.window,
+                    },
                 )
             if not np.isfinite(row).all():  # JSON numbers beyond float32, or NaN/inf tensors
                 raise InvalidInput(
                     f"{field}[{i}] has a value that is NaN, infinite or too large for float32", place(i)
                 )
-        return rows
+        return [row[-self.window :] for row in rows]
 
     def run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
         lengths = np.fromiter((len(row) for row in items), dtype=np.int64, count=len(items))
@@ -282,7 +296,7 @@ class ForecasterPipeline(Pipeline[ForecastRequest, np.ndarray, np.ndarray]):
 
     def example_items(self, n: int) -> list[np.ndarray]:
         rng = np.random.default_rng(0)
-        lengths = rng.integers(self.min_length, min(self.max_length, 520) + 1, size=n)
+        lengths = rng.integers(self.min_length, min(self.window, 520) + 1, size=n)
         return [(350 + rng.standard_normal(int(t))).astype(np.float32) for t in lengths]
 
     def tensors_from_results(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
