@@ -4,6 +4,7 @@
     python -m bench.overload --seconds 20 --high 1024
     python -m bench.overload --env MODELSERVE_MAX_INFLIGHT_PER_WORKER=64   # the service under other settings
     python -m bench.overload --gc-stats           # the workers' garbage-collection pauses per phase
+    python -m bench.overload --gc-mode disabled   # no automatic garbage collection (what GC costs)
 
 Starts the service on a free 127.0.0.1 port (``harness.server``, as every benchmark does), warms
 it up, then drives it with wrk (``bench/wrk/overload.lua``) through three phases back to back:
@@ -376,7 +377,8 @@ def report(result: dict) -> list[str]:
     lines = [
         f"Overload run, {result['started_at']}: /classify, one image per request, on "
         f"{result['machine']['nproc']} CPUs ({result['machine']['cpu_model']}); "
-        f"{result['options']['seconds']} s per phase, settings: {result['options']['env'] or 'defaults'}",
+        f"{result['options']['seconds']} s per phase, settings: {result['options']['env'] or 'defaults'}"
+        + (f", GC probe mode {result['options']['gc_mode']}" if result["options"].get("gc_mode") else ""),
         "",
         *table(result),
         "",
@@ -422,6 +424,11 @@ def parser() -> argparse.ArgumentParser:
         help="a service setting (repeatable)",
     )
     p.add_argument("--gc-stats", action="store_true", help="time the workers' garbage collections")
+    p.add_argument(
+        "--gc-mode",
+        choices=["no-freeze", "disabled"],
+        help="the GC probe's variants (bench/gc_probe/): gc.freeze() skipped, or no automatic collection",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the request bodies")
     p.add_argument(
         "--out",
@@ -439,7 +446,8 @@ def overload_run(args: argparse.Namespace) -> dict[str, Any]:
         bodies = classify_bodies(64, rng)
         bodies_file = workdir / "classify.bodies"
         bodies_file.write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies))
-        server = start_service("service", args.store, args.env, args.gc_stats)
+        overrides = {**args.env, **({"BENCH_GC_MODE": args.gc_mode} if args.gc_mode else {})}
+        server = start_service("service", args.store, overrides, args.gc_stats)
         try:
             answer = post(f"{server.url}/classify", bodies[0])
             if len(answer.get("labels", ())) != 1:
@@ -473,6 +481,7 @@ def overload_run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "wrk_threads": args.wrk_threads,
             "env": args.env,
+            "gc_mode": args.gc_mode,
             "seed": args.seed,
         },
         "phases": summaries,

@@ -12,9 +12,9 @@ The overload knobs are read here, by :class:`OverloadSettings`, from ``MODELSERV
 - ``MODELSERVE_MAX_INFLIGHT_PER_WORKER`` (512): requests one worker holds at once; beyond it a
   request is answered 503 + ``Retry-After`` at once. 0 = no limit.
 - ``MODELSERVE_OVERLOAD_RETRY_AFTER_S`` (1): the ``Retry-After`` of those refusals.
-- ``MODELSERVE_RECYCLE_PACE`` (4): a worker closes at most one connection (to rebalance them,
-  :class:`ConnectionRecycler`) per this many times the connections it holds requests. 0 = no
-  pacing.
+- ``MODELSERVE_RECYCLE_PACE`` (4): a worker holding more than 64 connections closes at most
+  one (to rebalance them, :class:`ConnectionRecycler`) per this many times the connections it
+  holds requests. 0 = no pacing.
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ class OverloadSettings(BaseSettings):
     max_inflight_per_worker: int = Field(512, ge=0)
     # What refused clients are told to wait, in whole seconds (Retry-After).
     overload_retry_after_s: int = Field(1, ge=1, le=3600)
-    # ConnectionRecycler closes at most one connection per recycle_pace x (connections the
-    # worker holds) requests: every close is a reconnect, and a worker accepts one connection
-    # per turn of its event loop, which serves at most one request per connection (see
-    # ConnectionRecycler). 0 = no pacing.
+    # ConnectionRecycler, in a worker holding more than 64 connections, closes at most one
+    # per recycle_pace x (connections held) requests: every close is a reconnect, and a
+    # worker accepts one connection per turn of its event loop, which serves at most one
+    # request per connection (see ConnectionRecycler). 0 = no pacing.
     recycle_pace: float = Field(4.0, ge=0, le=1000)
 
 
@@ -207,25 +207,27 @@ class ConnectionRecycler:
     Connections are told apart by the client address and port; entries of connections the
     client closed itself are forgotten once past their age.
 
-    Recycling is paced: a worker closes at most one connection per ``pace`` x (connections it
-    holds) requests it serves (0 = no pacing). Each close is a reconnect the worker has to
-    accept, and it accepts one connection per turn of its event loop (libuv's rule), while a
-    turn serves at most one request per connection; so the pace keeps reconnects to at most
-    one per ``pace`` turns, and the accept queue short. Unpaced, 512 clients at a 2 s age ask
-    for 256 reconnects a second from workers that, fully loaded, turn only a few dozen times
-    a second: hundreds of connections then wait in the kernel's accept queue, their requests
-    already sent, for seconds (bench/overload.py measured 228 on average, and a p99 of 3.7 s).
-    At 64 connections on two workers the pace lets a worker close about as many connections
-    as their age asks for; with hundreds, connections live longer than their age, and the
-    spread (even by then, every worker being busy) changes more slowly.
+    With many connections, recycling is paced: a worker holding more than ``paced_above``
+    connections closes at most one per ``pace`` x (connections it holds) requests it serves
+    (``pace`` 0 = never paced). Each close is a reconnect some worker has to accept, and a
+    worker accepts one connection per turn of its event loop (libuv's rule), while a turn
+    serves at most one request per connection; so the pace keeps reconnects to at most one
+    per ``pace`` turns, and the accept queue short. Unpaced, 512 clients at a 2 s age ask for
+    256 reconnects a second from workers that, fully loaded, turn only a few dozen times a
+    second: hundreds of connections then waited in the kernel's accept queue, their requests
+    already sent, for seconds (bench/overload.py: 228 on average, a p99 of 3.7 s). With 32
+    connections a worker closes 16 a second, well within what it accepts, and a worker that
+    holds most of the connections while another idles must give them up quickly: below the
+    threshold nothing changes. Above it, connections live longer than their age.
     """
 
-    def __init__(self, app: ASGIApp, max_age_s: float, pace: float = 0.0) -> None:
+    def __init__(self, app: ASGIApp, max_age_s: float, pace: float = 0.0, paced_above: int = 64) -> None:
         assert max_age_s > 0, f"max_age_s must be > 0, got {max_age_s}"
         assert pace >= 0, f"pace must be >= 0, got {pace}"
         self.app = app
         self.max_age_s = max_age_s
         self.pace = pace
+        self.paced_above = paced_above
         self.served_since_close = 0  # requests since the last close
         self.deadlines: dict[tuple[str, int], float] = {}  # client (host, port) -> when to close
         self.next_sweep = 0.0
@@ -254,9 +256,10 @@ class ConnectionRecycler:
         await self.app(scope, receive, send_closing)
 
     def _may_close(self) -> bool:
-        """Whether enough requests were served since the last close (see the pace above); the
-        connections held are those with an entry, which the sweep keeps close to the truth."""
-        return self.served_since_close >= self.pace * len(self.deadlines)
+        """Whether a close is due by the pace (see above); the connections held are those with
+        an entry, which the sweep keeps close to the truth."""
+        held = len(self.deadlines)
+        return held <= self.paced_above or self.served_since_close >= self.pace * held
 
     def _forget_expired(self, now: float) -> None:
         """At most once per age: drop connections past their deadline (most closed already)."""

@@ -74,8 +74,9 @@ def test_connections_the_client_closed_are_forgotten():
 
 
 def test_recycling_is_paced_by_the_connections_held():
-    # pace 1: at most one close per (connections held) requests, however many are past their age
-    app = ConnectionRecycler(echo_app(), max_age_s=0.05, pace=1)
+    # pace 1 above 4 connections: at most one close per (connections held) requests, however
+    # many are past their age
+    app = ConnectionRecycler(echo_app(), max_age_s=0.05, pace=1, paced_above=4)
     clients = [("10.0.0.1", port) for port in range(8)]
 
     async def scenario() -> list[bool]:
@@ -91,8 +92,10 @@ def test_recycling_is_paced_by_the_connections_held():
     assert closed[0], "a connection past its age, with the budget there, is closed"
 
 
-def test_unpaced_recycling_closes_every_connection_past_its_age():
-    app = ConnectionRecycler(echo_app(), max_age_s=0.05)
+@pytest.mark.parametrize("pace, paced_above", [(0, 4), (1, 8)])
+def test_unpaced_recycling_closes_every_connection_past_its_age(pace, paced_above):
+    # no pace, or no more connections than the pace starts at
+    app = ConnectionRecycler(echo_app(), max_age_s=0.05, pace=pace, paced_above=paced_above)
     clients = [("10.0.0.1", port) for port in range(8)]
 
     async def scenario() -> list[bool]:
