@@ -32,7 +32,7 @@ EXAMPLES = int(os.environ.get("MODELSERVE_FUZZ_EXAMPLES", "25"))
 MIN_2XX = int(os.environ.get("MODELSERVE_FUZZ_MIN_2XX", "100"))
 # A fixed seed: a failure in CI replays the same cases (`st replay` with the printed id).
 SEED = int(os.environ.get("MODELSERVE_FUZZ_SEED", "20261126"))
-RUN_TIMEOUT_S = 60 + 6 * EXAMPLES
+RUN_TIMEOUT_S = 120 + 6 * EXAMPLES
 
 pytestmark = pytest.mark.skipif(
     shutil.which("st", path=str(Path(sys.executable).parent)) is None,
@@ -92,6 +92,7 @@ def operation_of(entry: dict) -> str:
     return f"{entry['request']['method']} /{'/'.join(parts)}"
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(fuzzed, tmp_path):
     reports = tmp_path / "reports"
     finished = run_schemathesis(fuzzed.url, reports)
