@@ -69,7 +69,10 @@ def run_schemathesis(url: str, reports: Path) -> subprocess.CompletedProcess[str
         str(reports),
     ]
     env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env)
+    # Run in the reports' folder: schemathesis keeps a cache in its working directory.
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env, cwd=reports.parent
+    )
 
 
 INFERENCE_OPERATIONS = (
