@@ -99,7 +99,9 @@ class ModelWatcher:
                 self._swap(name, pipeline)
                 return
         gone = serving is not None and serving not in list_versions(self.settings.model_store, name)
-        if gone and name not in self._stranded:
+        if not gone:
+            self._stranded.discard(name)  # its folder is back: warn again if it goes again
+        elif name not in self._stranded:
             self._stranded.add(name)
             log.warning(
                 "%s/%d's folder is gone and no other version can be served: it stays served from memory",

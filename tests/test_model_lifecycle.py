@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from prometheus_client import REGISTRY
@@ -249,6 +251,26 @@ def test_a_failed_version_is_tried_again_only_once_its_files_change(store_copy):
         await registry.close()
 
     asyncio.run(scenario())
+
+
+def test_a_model_whose_only_version_is_removed_stays_served_from_memory(store_copy, caplog):
+    async def scenario() -> None:
+        registry, watcher = in_process(store_copy)
+        served = registry.pipeline("classifier")
+        remove_version(store_copy, "classifier", 1)
+        for _ in range(3):
+            await watcher.poll()
+        assert registry.pipeline("classifier") is served and registry.served_versions("classifier") == [1]
+        answer = await served.answer_tensors({"images": np.zeros((1, 1, 8, 8), np.float32)})
+        assert answer["probabilities"].shape == (1, 10)
+        await registry.close()
+
+    with caplog.at_level(logging.WARNING, logger="service.model_watcher"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if "folder is gone" in r.getMessage()]
+    assert warnings == [
+        "classifier/1's folder is gone and no other version can be served: it stays served from memory"
+    ]
 
 
 # --- against a real server ----------------------------------------------------------------------------
