@@ -14,9 +14,11 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParameter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from service import schemas
 from service.errors import InvalidInput, json_response
 from service.fast_path import FastRoute
 from service.pipelines import Pipeline
@@ -274,7 +276,20 @@ def encode_outputs(
 
 # --- routes --------------------------------------------------------------------------------
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=FastRoute)
+router = APIRouter(
+    prefix="/v2",
+    tags=["open inference protocol (v2)"],
+    route_class=FastRoute,
+    responses=schemas.V2_ERROR_RESPONSES,
+)
+
+# The path parameters as the OpenAPI document describes them (the endpoints check them).
+ModelName = Annotated[
+    str, PathParameter(description="a model of the store", examples=["classifier", "forecaster", "generator"])
+]
+ModelVersion = Annotated[
+    str, PathParameter(pattern=r"^[0-9]+$", description="a version number", examples=["1"])
+]
 
 
 def _pipeline(request: Request, name: str, version: str | None) -> Pipeline:
@@ -283,19 +298,24 @@ def _pipeline(request: Request, name: str, version: str | None) -> Pipeline:
     return registry_of(request).pipeline(name, version)
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", response_model=schemas.ServerMetadataResponse)
 async def server_metadata(_: Request) -> Response:
     return json_response(
         {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
     )
 
 
-@router.get("/health/live", summary="Server liveness")
+@router.get("/health/live", summary="Server liveness", response_model=schemas.LiveResponse)
 async def server_live(_: Request) -> Response:
     return json_response({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness: every model loaded, verified and warm")
+@router.get(
+    "/health/ready",
+    summary="Server readiness: every model loaded, verified and warm",
+    response_model=schemas.ReadyResponse,
+    responses={503: {"model": schemas.ReadyResponse, "description": "not ready"}},
+)
 async def server_ready(request: Request) -> Response:
     is_ready = getattr(request.app.state, "is_ready", None)
     ready = bool(is_ready and is_ready())
@@ -304,9 +324,16 @@ async def server_ready(request: Request) -> Response:
 
 # Each route with a version has a twin without it; the twins share their operation's name.
 
+_NOT_READY = {503: {"model": schemas.ModelReadyResponse, "description": "the model failed to load"}}
 
-@router.get("/models/{name}/versions/{version}", summary="Model metadata of a version", name="model_metadata")
-async def model_version_metadata(request: Request, name: str, version: str | None) -> Response:
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata of a version",
+    name="model_metadata",
+    response_model=schemas.ModelMetadataResponse,
+)
+async def model_version_metadata(request: Request, name: ModelName, version: ModelVersion) -> Response:
     model = _pipeline(request, name, version).model
     manifest = model.manifest
     # The provider the session really got, which can differ from the one asked for.
@@ -325,15 +352,19 @@ async def model_version_metadata(request: Request, name: str, version: str | Non
     )
 
 
-@router.get("/models/{name}", summary="Model metadata")
-async def model_metadata(request: Request, name: str) -> Response:
+@router.get("/models/{name}", summary="Model metadata", response_model=schemas.ModelMetadataResponse)
+async def model_metadata(request: Request, name: ModelName) -> Response:
     return await model_version_metadata(request, name, None)
 
 
 @router.get(
-    "/models/{name}/versions/{version}/ready", summary="Model readiness of a version", name="model_ready"
+    "/models/{name}/versions/{version}/ready",
+    summary="Model readiness of a version",
+    name="model_ready",
+    response_model=schemas.ModelReadyResponse,
+    responses=_NOT_READY,
 )
-async def model_version_ready(request: Request, name: str, version: str | None) -> Response:
+async def model_version_ready(request: Request, name: ModelName, version: ModelVersion) -> Response:
     registry = registry_of(request)
     if name in registry.failures:
         return json_response({"name": name, "ready": False, "error": registry.failures[name]}, 503)
@@ -341,8 +372,13 @@ async def model_version_ready(request: Request, name: str, version: str | None) 
     return json_response({"name": name, "version": str(pipeline.model.version), "ready": True})
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
-async def model_ready(request: Request, name: str) -> Response:
+@router.get(
+    "/models/{name}/ready",
+    summary="Model readiness",
+    response_model=schemas.ModelReadyResponse,
+    responses=_NOT_READY,
+)
+async def model_ready(request: Request, name: ModelName) -> Response:
     return await model_version_ready(request, name, None)
 
 
@@ -350,7 +386,7 @@ _INFER_DOC = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": InferRequest.model_json_schema()},
+            "application/json": {"schema": schemas.inline_definitions(InferRequest.model_json_schema())},
             "application/octet-stream": {
                 "schema": {
                     "type": "string",
@@ -368,13 +404,19 @@ _INFER_DOC = {
     summary="Inference on a version",
     openapi_extra=_INFER_DOC,
     name="infer",
+    response_model=schemas.InferResponse,
 )
-async def infer_version(request: Request, name: str, version: str | None) -> Response:
+async def infer_version(request: Request, name: ModelName, version: ModelVersion) -> Response:
     return await _answer_infer(request, name, version)
 
 
-@router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_DOC)
-async def infer(request: Request, name: str) -> Response:
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference",
+    openapi_extra=_INFER_DOC,
+    response_model=schemas.InferResponse,
+)
+async def infer(request: Request, name: ModelName) -> Response:
     return await _answer_infer(request, name, None)
 
 
