@@ -46,7 +46,7 @@ later, and every process of the server is gone after the service's shutdown and 
 exit, which took one to two seconds more: about 10 s with the defaults (measured figures in
 docs/reliability.md).
 
-Settings, each read from ``MODELSERVE_<FIELD>`` (seconds):
+Settings (``service.settings``), each read from ``MODELSERVE_<FIELD>`` (seconds):
 
 - ``MODELSERVE_HEADER_TIMEOUT_S`` (10): first byte of a request to the end of its headers.
 - ``MODELSERVE_IDLE_TIMEOUT_S`` (5): a connection with no request under way.
@@ -66,47 +66,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-from functools import lru_cache
 from typing import Any
 
 import uvicorn
 import uvicorn.config
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 # What a draining worker tells a client to wait before asking again (another server will answer).
 DRAIN_RETRY_AFTER_S = 1
-
-
-class ConnectionSettings(BaseSettings):
-    """Timeouts of the HTTP connections, read from ``MODELSERVE_*`` (see the module docstring)."""
-
-    model_config = SettingsConfigDict(env_prefix="MODELSERVE_", extra="ignore", frozen=True)
-
-    header_timeout_s: float = Field(10.0, gt=0, le=300)
-    idle_timeout_s: float = Field(5.0, gt=0, le=300)
-    body_timeout_s: float = Field(10.0, gt=0, le=300)
-    drain_timeout_s: float = Field(5.0, gt=0, le=120)
-    linger_s: float = Field(2.0, ge=0, le=30)
-
-    @property
-    def graceful_shutdown_s(self) -> int:
-        """uvicorn's bound on a worker's shutdown: the drain, the last lingering close, a margin."""
-        return math.ceil(self.drain_timeout_s + self.linger_s + 1)
-
-
-@lru_cache(maxsize=1)
-def connection_settings() -> ConnectionSettings:
-    """The settings, read once; a bad value stops start-up with one line naming the variable."""
-    try:
-        return ConnectionSettings()
-    except ValidationError as exc:
-        problems = "; ".join(f"MODELSERVE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(f"modelserve cannot start: invalid service configuration: {problems}") from None
 
 
 def _raw_answer(
@@ -208,7 +179,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = connection_settings()
+        self.limits = get_settings()
         self.timeout_keep_alive = self.limits.idle_timeout_s
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -378,7 +349,7 @@ class GuardedConfig(uvicorn.config.Config):
     timeout the idle timeout and its graceful-shutdown timeout bounded by the drain."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        limits = connection_settings()
+        limits = get_settings()
         kwargs["http"] = GuardedHttpToolsProtocol
         kwargs["timeout_keep_alive"] = limits.idle_timeout_s
         kwargs["timeout_graceful_shutdown"] = limits.graceful_shutdown_s
@@ -388,7 +359,7 @@ class GuardedConfig(uvicorn.config.Config):
 def install() -> None:
     """Make the uvicorn server this process builds (BentoML's worker: ``uvicorn.Config(...)``,
     looked up when the worker starts serving, after it imported the service) a guarded one."""
-    limits = connection_settings()  # a bad value stops start-up here, before any worker serves
+    limits = get_settings()  # a bad value stops start-up here, before any worker serves
     if uvicorn.Config is not GuardedConfig:
         uvicorn.Config = GuardedConfig  # type: ignore[misc]
         log.debug("HTTP connections: %s", limits)

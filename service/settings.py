@@ -7,6 +7,7 @@ at start-up, and a bad one stops the server with a message that says how to fix 
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -131,6 +132,18 @@ class Settings(BaseSettings):
     # response) once it is about this old, so that connections spread evenly over the workers
     # instead of staying where a burst of connects happened to land. 0 = never.
     max_connection_age_s: float = Field(2.0, ge=0)
+    # HTTP connections (service/connections.py). Longest wait from a request's first byte to the
+    # end of its headers; then 408 and the connection is closed.
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    # Longest a connection may stay open with no request under way (keep-alive idle).
+    idle_timeout_s: float = Field(5.0, gt=0, le=300)
+    # Longest pause while a request body arrives; then 408 and the connection is closed.
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
+    # After SIGTERM, how long requests in flight may take before they are answered 503.
+    drain_timeout_s: float = Field(5.0, gt=0, le=120)
+    # Before a socket is closed, how long what the client still sends is read and dropped, so
+    # that a reset never destroys an answer the client has not read yet.
+    linger_s: float = Field(2.0, ge=0, le=30)
     # One log line per request (BentoML's access log). Off by default: it costs throughput.
     access_log: bool = False
     # The service's own log lines (model loading, failed requests with their request id):
@@ -189,6 +202,11 @@ class Settings(BaseSettings):
         if on_gpu and "max_batch_size" not in policy.model_fields_set:
             return policy.model_copy(update={"max_batch_size": GPU_MAX_BATCH_SIZE})
         return policy
+
+    @property
+    def graceful_shutdown_s(self) -> int:
+        """uvicorn's bound on a worker's shutdown: the drain, the last lingering close, a margin."""
+        return math.ceil(self.drain_timeout_s + self.linger_s + 1)
 
     @property
     def worker_count(self) -> int:

@@ -44,9 +44,10 @@ CUSTOM_KINDS = {
 }
 PORT = 3000
 IMAGE_UID = 10001
-# What SIGTERM costs after the preStop sleep: in-flight requests finish within the framework
-# timeout (MODELSERVE_HTTP_TIMEOUT_S), then the processes exit; exit measured at 1.3-2.1 s
-# with two workers and a request in flight. The margin covers a slow node.
+# What SIGTERM costs after the preStop sleep: each worker's graceful shutdown (the drain of
+# requests in flight, the last lingering close, a margin: Settings.graceful_shutdown_s), then
+# the service's shutdown and the arbiter's exit, measured at 1-2 s (docs/reliability.md). The
+# margin covers a slow node.
 EXIT_S = 2.5
 MARGIN_S = 5.0
 
@@ -278,14 +279,23 @@ def test_non_root_and_read_only(name):
     assert "emptyDir" in volume
 
 
+def settings_of(serving: dict) -> dict[str, str]:
+    """The container's MODELSERVE_* variables, as keyword arguments of Settings."""
+    return {
+        key.removeprefix("MODELSERVE_").lower(): value
+        for key, value in env(serving).items()
+        if key.startswith("MODELSERVE_") and key.removeprefix("MODELSERVE_").lower() in Settings.model_fields
+    }
+
+
 @pytest.mark.parametrize("name", POD_SPECS)
 def test_the_grace_period_covers_the_prestop_sleep_and_the_drain(name):
     spec = pod_spec(name)
     serving = container(spec)
     sleep_s = serving["lifecycle"]["preStop"]["sleep"]["seconds"]
-    timeout_s = float(env(serving).get("MODELSERVE_HTTP_TIMEOUT_S", Settings().http_timeout_s))
+    shutdown_s = Settings(**settings_of(serving)).graceful_shutdown_s
     assert sleep_s >= 5, "endpoint removal needs a few seconds to reach every proxy"
-    assert spec["terminationGracePeriodSeconds"] >= sleep_s + timeout_s + EXIT_S + MARGIN_S
+    assert spec["terminationGracePeriodSeconds"] >= sleep_s + shutdown_s + EXIT_S + MARGIN_S
 
 
 @pytest.mark.parametrize("name", POD_SPECS)

@@ -28,6 +28,7 @@ import pytest
 import uvicorn.server
 from uvicorn.protocols.http import httptools_impl
 
+from service.settings import SettingsError, get_settings
 from tests.conftest import Server, serve
 
 TIMEOUT_S = 2  # header, idle and body timeouts of the server under test
@@ -278,12 +279,10 @@ def test_the_places_service_connections_hooks_into_are_still_there():
 
 
 def test_a_bad_timeout_setting_stops_start_up_naming_the_variable(monkeypatch):
-    from service import connections
-
     monkeypatch.setenv("MODELSERVE_HEADER_TIMEOUT_S", "0")
-    connections.connection_settings.cache_clear()
+    get_settings.cache_clear()
     try:
-        with pytest.raises(SystemExit, match="MODELSERVE_HEADER_TIMEOUT_S"):
-            connections.connection_settings()
+        with pytest.raises(SettingsError, match="MODELSERVE_HEADER_TIMEOUT_S"):
+            get_settings()
     finally:
-        connections.connection_settings.cache_clear()
+        get_settings.cache_clear()
