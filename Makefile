@@ -47,7 +47,7 @@ format: $(VENV)/.test-$(ORT)
 ## fuzz: schemathesis over /docs.json, the long run (every operation; no 5xx, no answer off the document, at least 1,000 answers that reach a model)
 fuzz: $(VENV)/.test-$(ORT)
 	MODELSERVE_FUZZ_EXAMPLES=200 $(BIN)/pytest tests/test_openapi_fuzz.py -s
-	MODELSERVE_FUZZ_MODE=positive MODELSERVE_FUZZ_EXAMPLES=200 MODELSERVE_FUZZ_MIN_2XX=1000 \
+	MODELSERVE_FUZZ_MODE=positive MODELSERVE_FUZZ_EXAMPLES=300 MODELSERVE_FUZZ_MIN_2XX=1000 \
 	  $(BIN)/pytest tests/test_openapi_fuzz.py -s
 
 ## bench: server vs bare FastAPI vs in-process ONNX Runtime (writes docs/benchmarks.md)

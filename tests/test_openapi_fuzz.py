@@ -7,7 +7,7 @@ included. The run here is short; ``make fuzz`` runs the two long ones: valid and
 requests, then valid ones only, which must bring at least 1,000 answers from a model::
 
     MODELSERVE_FUZZ_EXAMPLES=200 pytest tests/test_openapi_fuzz.py -s
-    MODELSERVE_FUZZ_MODE=positive MODELSERVE_FUZZ_EXAMPLES=200 MODELSERVE_FUZZ_MIN_2XX=1000 \
+    MODELSERVE_FUZZ_MODE=positive MODELSERVE_FUZZ_EXAMPLES=300 MODELSERVE_FUZZ_MIN_2XX=1000 \
         pytest tests/test_openapi_fuzz.py -s
 
 The HAR archive and the JSON report of the run stay in the test's temporary folder; the
