@@ -56,7 +56,7 @@ class OverloadSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELSERVE_", extra="ignore", frozen=True)
 
     # Requests one worker holds at once (task routes, V2; /metrics is never refused); beyond
-    # it a request is answered 503 + Retry-After at once. A worker answers about 1,500-4,500
+    # it a request is answered 503 + Retry-After at once. A worker answers about 1,000-4,500
     # /classify requests a second, so 512 in flight is already 0.1-0.3 s of queueing: more
     # would only wait longer, and past the batch queue timeout (1.5 s) they fail anyway.
     # 0 = no limit.
@@ -86,12 +86,12 @@ class InFlightLimit:
     A refusal is decided from the path alone, before the body is read or parsed, and is a
     ready-made JSON answer (``{"error", "detail"}``, ``Retry-After``; :class:`JsonErrors`
     adds the request id): no body parsing, no queueing, no model time. What runs in front of
-    this app (uvicorn, BentoML's middleware) still does, so a refusal costs a worker about
-    half the CPU of an answered /classify request (bench/overload.py): a limit keeps the
-    admitted requests' latency and the worker's memory bounded, but clients that retry at
-    once, ignoring Retry-After, can still keep it busy refusing. Paths in ``exempt``
-    (``/metrics``) are always served. Refusals are logged as one summary line at most every
-    ``log_every_s``, not one line each.
+    this app (uvicorn, BentoML's middleware, two socket writes) still does, so a refusal
+    costs a worker about 60% of the CPU of an answered /classify request (bench/overload.py):
+    a limit keeps the admitted requests' latency and the worker's memory bounded, but
+    clients that retry at once, ignoring Retry-After, can still keep it busy refusing. Paths
+    in ``exempt`` (``/metrics``) are always served. Refusals are logged as one summary line
+    at most every ``log_every_s``, not one line each.
     """
 
     def __init__(
