@@ -7,7 +7,7 @@ outermost, so a refusal costs no parsing and no model time); :class:`JsonErrors`
 whole BentoML app, whose own answers (unknown paths, ``/readyz``) are plain text, and stamps
 every answer with its request id.
 
-The overload knobs are read here, by :class:`OverloadSettings`, from ``MODELSERVE_*``:
+The overload knobs (``service.settings``):
 
 - ``MODELSERVE_MAX_INFLIGHT_PER_WORKER`` (512): requests one worker holds at once; beyond it a
   request is answered 503 + ``Retry-After`` at once. 0 = no limit.
@@ -24,11 +24,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache
 from typing import Any
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import request_ids
@@ -44,40 +41,6 @@ Explanation = Callable[[], dict[str, Any]]
 # one-line-per-error log to InFlightLimit's summary (a line per request would add log I/O to
 # a worker exactly when it is overloaded).
 SHED = "modelserve.shed"
-
-
-class OverloadSettings(BaseSettings):
-    """How a worker protects itself under overload, read from ``MODELSERVE_*``.
-
-    Kept here, next to the middleware they drive, until the service's one settings object
-    (``service.settings``) takes them over under the same variable names.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="MODELSERVE_", extra="ignore", frozen=True)
-
-    # Requests one worker holds at once (task routes, V2; /metrics is never refused); beyond
-    # it a request is answered 503 + Retry-After at once. A worker answers about 1,000-4,500
-    # /classify requests a second, so 512 in flight is already 0.1-0.3 s of queueing: more
-    # would only wait longer, and past the batch queue timeout (1.5 s) they fail anyway.
-    # 0 = no limit.
-    max_inflight_per_worker: int = Field(512, ge=0)
-    # What refused clients are told to wait, in whole seconds (Retry-After).
-    overload_retry_after_s: int = Field(1, ge=1, le=3600)
-    # ConnectionRecycler, in a worker holding more than 64 connections, closes at most one
-    # per recycle_pace x (connections held) requests: every close is a reconnect, and a
-    # worker accepts one connection per turn of its event loop, which serves at most one
-    # request per connection (see ConnectionRecycler). 0 = no pacing.
-    recycle_pace: float = Field(4.0, ge=0, le=1000)
-
-
-@lru_cache(maxsize=1)
-def overload_settings() -> OverloadSettings:
-    """The settings, read once; a bad value stops start-up with one line naming the variable."""
-    try:
-        return OverloadSettings()
-    except ValidationError as exc:
-        problems = "; ".join(f"MODELSERVE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(f"modelserve cannot start: invalid service configuration: {problems}") from None
 
 
 class InFlightLimit:

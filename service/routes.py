@@ -26,7 +26,7 @@ from service.errors import (
 )
 from service.fast_path import FastPathApp
 from service.metrics import exposition
-from service.middleware import BodyLimit, ConnectionRecycler, InFlightLimit, overload_settings
+from service.middleware import BodyLimit, ConnectionRecycler, InFlightLimit
 from service.registry import registry_of
 from service.request_bodies import BodyReader, JsonBody, PictureUpload
 from service.settings import Settings, get_settings
@@ -140,18 +140,17 @@ def create_app(settings: Settings | None = None) -> FastPathApp:
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    overload = overload_settings()
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.worker_count > 1 and settings.max_connection_age_s:
         app.add_middleware(
             ConnectionRecycler,
             max_age_s=settings.max_connection_age_s,
-            pace=overload.recycle_pace,
+            pace=settings.recycle_pace,
         )
-    if overload.max_inflight_per_worker:  # added last: runs first, before anything reads the body
+    if settings.max_inflight_per_worker:  # added last: runs first, before anything reads the body
         app.add_middleware(
             InFlightLimit,
-            limit=overload.max_inflight_per_worker,
-            retry_after_s=overload.overload_retry_after_s,
+            limit=settings.max_inflight_per_worker,
+            retry_after_s=settings.overload_retry_after_s,
         )
     return app

@@ -132,6 +132,19 @@ class Settings(BaseSettings):
     # response) once it is about this old, so that connections spread evenly over the workers
     # instead of staying where a burst of connects happened to land. 0 = never.
     max_connection_age_s: float = Field(2.0, ge=0)
+    # Requests one worker holds at once (task routes, V2; /metrics is never refused); beyond
+    # it a request is answered 503 + Retry-After at once (service.middleware.InFlightLimit). A
+    # worker answers about 1,000-4,500 /classify requests a second, so 512 in flight is already
+    # 0.1-0.3 s of queueing: more would only wait longer, and past the batch queue timeout
+    # (1.5 s) they fail anyway. 0 = no limit.
+    max_inflight_per_worker: int = Field(512, ge=0)
+    # What refused clients are told to wait, in whole seconds (Retry-After).
+    overload_retry_after_s: int = Field(1, ge=1, le=3600)
+    # Connection recycling, in a worker holding more than 64 connections, closes at most one
+    # per recycle_pace x (connections held) requests: every close is a reconnect, and a worker
+    # accepts one connection per turn of its event loop (service.middleware.ConnectionRecycler).
+    # 0 = no pacing.
+    recycle_pace: float = Field(4.0, ge=0, le=1000)
     # HTTP connections (service/connections.py). Longest wait from a request's first byte to the
     # end of its headers; then 408 and the connection is closed.
     header_timeout_s: float = Field(10.0, gt=0, le=300)

@@ -11,7 +11,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from service.middleware import ConnectionRecycler, InFlightLimit, JsonErrors, overload_settings
+from service.middleware import ConnectionRecycler, InFlightLimit, JsonErrors
+from service.settings import SettingsError, get_settings
 
 
 def echo_app() -> Starlette:
@@ -193,15 +194,15 @@ def test_a_failure_inside_still_frees_its_place():
 
 
 def test_overload_settings_are_read_from_the_environment_and_checked(monkeypatch):
-    overload_settings.cache_clear()
+    get_settings.cache_clear()
     monkeypatch.setenv("MODELSERVE_MAX_INFLIGHT_PER_WORKER", "7")
     monkeypatch.setenv("MODELSERVE_RECYCLE_PACE", "0")
     try:
-        settings = overload_settings()
+        settings = get_settings()
         assert (settings.max_inflight_per_worker, settings.recycle_pace) == (7, 0)
-        overload_settings.cache_clear()
+        get_settings.cache_clear()
         monkeypatch.setenv("MODELSERVE_MAX_INFLIGHT_PER_WORKER", "-1")
-        with pytest.raises(SystemExit, match="MODELSERVE_MAX_INFLIGHT_PER_WORKER"):
-            overload_settings()
+        with pytest.raises(SettingsError, match="MODELSERVE_MAX_INFLIGHT_PER_WORKER"):
+            get_settings()
     finally:
-        overload_settings.cache_clear()
+        get_settings.cache_clear()
