@@ -1,4 +1,4 @@
-"""The forecaster: a linear forecast, corrected by a GRU over the history read out by horizon attention.
+"""The forecaster: a GRU over a variable-length weekly history, read out by horizon attention.
 
 Input is a right-padded batch of raw series values (``history``, ppm) and each row's true
 length (``lengths``); output is the next ``horizon`` values in the same units. Everything a
@@ -7,31 +7,21 @@ server would otherwise have to do lives in ``forward``:
 1. per-row scaling: ``anchor`` is the mean of the row's last ``season`` valid values (a
    de-seasonalised level), and every feature is measured from the row's last valid value, so
    a model trained on 1960s levels works at any level of the rising trend;
-2. the trend's growth per week: the change of the one-season mean over the last
-   ``drift_span`` weeks (fewer when the row is shorter), so the forecast follows the growth
-   the row shows instead of the average growth of the training years (which left the first
-   version biased low at every step);
-3. the linear part (a "highway", as in LSTNet and DLinear): the last value moved along that
-   trend, plus a linear map of the last ``highway`` weeks with the trend taken out. It has a
-   ridge regression's form, and the trainer starts it as one;
-4. stationary per-step features: the value minus its trailing one-season mean (the seasonal
+2. stationary per-step features: the value minus its trailing one-season mean (the seasonal
    residual) and the change since one season earlier (the yearly growth). Neither grows with
    the length of the history, so histories far longer than the training windows stay in
    distribution;
-5. a GRU run left to right; its state at the last valid step summarises the recent dynamics;
-6. one query per forecast step attends over the valid GRU outputs. Keys carry a periodic
+3. a GRU run left to right; its state at the last valid step summarises the recent dynamics;
+4. one query per forecast step attends over the valid GRU outputs. Keys carry a periodic
    encoding of the lag from the last valid step (so step ``h`` can find the same week in past
    years) and every head has a learned recency penalty on the lag (ALiBi-style), so the
    weight of the far past decays instead of diluting the softmax on long histories;
-7. a small MLP per forecast step turns [context, GRU state, step embedding] into a scaled
-   correction added to the linear part. Its last layer starts at zero, so an untrained model
-   is its linear part and training adds only what the network learns beyond it. (Without a
-   highway, the correction is an offset from the anchor moved along the trend.)
+5. a small MLP per forecast step turns [context, GRU state, step embedding] into a scaled
+   offset from the anchor.
 
 Padding never matters: features use only valid positions and only the past, the GRU runs
-left to right and is read at ``length - 1``, the highway gathers each row's own last weeks,
-and attention is masked to valid positions, so a row gives the same forecast alone as in any
-padded batch.
+left to right and is read at ``length - 1``, and attention is masked to valid positions, so a
+row gives the same forecast alone as in any padded batch.
 """
 
 from __future__ import annotations
@@ -49,8 +39,7 @@ class ForecasterConfig:
     horizon: int = 52  # H: weeks forecast after the last valid value
     season: int = 52  # weeks in the yearly cycle: window of the anchor mean and of the features
     min_length: int = 104  # shortest history served: two seasons, so the growth feature exists
-    # longest history recommended to a server: the trainer sets it to the window it chooses
-    max_length: int = 1040
+    max_length: int = 1040  # longest history recommended to a server (20 years)
     scale: float = 2.0  # ppm per model unit for values and the forecast
     growth_mean: float = 1.5  # ppm: typical change over one season, subtracted from the feature
     growth_scale: float = 1.0  # ppm per model unit for the yearly-change feature
@@ -58,14 +47,6 @@ class ForecasterConfig:
     n_head: int = 4  # attention heads; n_embd must be divisible by n_head
     n_harmonics: int = 8  # sin/cos pairs of the periodic lag encoding (periods season/k)
     dropout: float = 0.0  # dropout on the attention context during training
-    # weeks read by the linear highway (0: none): forecast = last value + trend + a linear map
-    # of the last ``highway`` values, de-trended and minus the last value + the network's
-    # output, so the network learns what a ridge on those weeks misses; at most min_length
-    highway: int = 104
-    # weeks over which the trend's growth is measured (0: no drift term): the forecast starts
-    # from the anchor plus that growth per week up to each step (a row shorter than
-    # drift_span + season measures it over what it has)
-    drift_span: int = 208
 
 
 N_FEATURES = 4  # seasonal residual, yearly change, residual-window fill, has-yearly-change
@@ -91,17 +72,6 @@ class Forecaster(nn.Module):
         self.recency = nn.Parameter(torch.linspace(-3.0, 1.0, config.n_head))
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Sequential(nn.Linear(3 * C, C), nn.GELU(), nn.Linear(C, 1))
-        if config.highway:
-            assert config.highway <= config.min_length, (
-                f"highway ({config.highway}) must fit in min_length ({config.min_length})"
-            )
-            self.highway = nn.Linear(config.highway, config.horizon)
-            nn.init.zeros_(self.highway.weight)
-            nn.init.zeros_(self.highway.bias)
-            # the network's output starts at zero: a new model is its linear part (which the
-            # trainer starts as a ridge), and training adds only what improves on it
-            nn.init.zeros_(self.head[-1].weight)
-            nn.init.zeros_(self.head[-1].bias)
         # harmonics of the lag encoding: 2*pi*k/season, k = 1..K
         freqs = 2 * math.pi * torch.arange(1, K + 1, dtype=torch.float32) / config.season
         self.register_buffer("freqs", freqs, persistent=False)
@@ -122,7 +92,6 @@ class Forecaster(nn.Module):
         mean = win_sum / win_cnt.clamp(min=1.0)  # (B, T) trailing mean, ppm from last
         level = mean.gather(1, (lengths - 1)[:, None])  # (B, 1) mean of the last S valid values
         anchor = last + level  # (B, 1) ppm
-        growth_per_week = self.growth_per_week(mean, level, lengths)  # (B, 1) ppm per week
 
         resid = (x - mean) / self.config.scale  # (B, T) seasonal residual
         year_ago = F.pad(x, (S, 0))[:, :T]  # (B, T) value one season earlier
@@ -135,20 +104,7 @@ class Forecaster(nn.Module):
         )  # (B, T, N_FEATURES)
         feats = torch.where(valid[..., None], feats, torch.zeros_like(feats))
         lag = (lengths - 1)[:, None] - pos[None, :]  # (B, T) steps back from the last valid
-        return feats, anchor, growth_per_week, valid, lag.to(history.dtype)
-
-    def growth_per_week(self, mean: torch.Tensor, level: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, 1): the change of the one-season mean over the last ``drift_span`` weeks, per week.
-
-        A row with fewer than ``drift_span + season`` values uses the span it has (at least
-        one season, as min_length >= 2 seasons).
-        """
-        S, span = self.config.season, self.config.drift_span
-        if not span:
-            return torch.zeros_like(level)
-        spans = (lengths - S).clamp(min=1, max=span)  # (B,)
-        earlier = mean.gather(1, (lengths - 1 - spans).clamp(min=0)[:, None])  # (B, 1)
-        return (level - earlier) / spans[:, None].to(level.dtype)
+        return feats, anchor, valid, lag.to(history.dtype)
 
     def forward(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """history (B, T) float ppm, right-padded; lengths (B,) int64 -> forecast (B, H) ppm."""
@@ -159,7 +115,7 @@ class Forecaster(nn.Module):
         H, nh, C = cfg.horizon, cfg.n_head, cfg.n_embd
         hd = C // nh
 
-        feats, anchor, growth, valid, lag = self.features(history, lengths)
+        feats, anchor, valid, lag = self.features(history, lengths)
         out, _ = self.gru(feats)  # (B, T, C)
         out = torch.where(valid[..., None], out, torch.zeros_like(out))
         idx = (lengths.clamp(1, T) - 1)[:, None, None].expand(B, 1, C)  # (B, 1, C)
@@ -184,34 +140,5 @@ class Forecaster(nn.Module):
 
         steps = self.step_embd[None].expand(B, H, C)  # (B, H, C)
         z = torch.cat([ctx, state[:, None, :].expand(B, H, C), steps], dim=-1)  # (B, H, 3C)
-        offset = self.head(z)[..., 0]  # (B, H) scaled offset
-        if cfg.highway:  # the linear forecast plus the network's correction
-            return self.linear_part(history, lengths, growth) + cfg.scale * offset  # (B, H) ppm
-        # without a highway: the anchor (the mean of the last season, centred (S - 1) / 2
-        # weeks back) moved along the trend, plus the network's offset
-        ahead = (cfg.season - 1) / 2 + torch.arange(1, H + 1, device=history.device, dtype=history.dtype)
-        return anchor + growth * ahead[None, :] + cfg.scale * offset  # (B, H) ppm
-
-    def linear_inputs(
-        self, history: torch.Tensor, lengths: torch.Tensor, growth: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last (B, 1), recent (B, highway)): the last valid value, and the last ``highway``
-        valid values minus it with the trend (``growth`` per week) taken out, so they hold
-        only the season and the noise.
-        """
-        W, T = self.config.highway, history.size(1)
-        lengths = lengths.clamp(1, T)
-        last = history.gather(1, (lengths - 1)[:, None])  # (B, 1)
-        # a row shorter than W (the server refuses those) repeats its first value instead of
-        # reading outside the tensor
-        steps = torch.arange(W, device=history.device)
-        idx = ((lengths - W)[:, None] + steps[None, :]).clamp(min=0)  # (B, W)
-        weeks_back = (W - 1 - steps).to(history.dtype)  # (W,) 0 for the last value
-        return last, history.gather(1, idx) - last + growth * weeks_back[None, :]
-
-    def linear_part(self, history: torch.Tensor, lengths: torch.Tensor, growth: torch.Tensor) -> torch.Tensor:
-        """(B, H) ppm: the last value moved along the trend, plus the highway's linear map of
-        the de-trended last weeks (a ridge's form: training starts it as one)."""
-        last, recent = self.linear_inputs(history, lengths, growth)
-        ahead = torch.arange(1, self.config.horizon + 1, device=history.device, dtype=history.dtype)
-        return last + growth * ahead[None, :] + self.highway(recent)  # (B, H)
+        offset = self.head(z)[..., 0]  # (B, H) scaled offset from the anchor
+        return anchor + cfg.scale * offset  # (B, H) ppm
