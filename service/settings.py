@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Most items (images, rows, labels) in one request (413 beyond it).
     max_items_per_request: int = Field(1024, ge=1)
-    # Longest forecaster history row accepted (0 = the model's recommended maximum).
+    # Longest forecaster history row accepted, 400 beyond it (0 = no cap per row: a row longer
+    # than the model's window is answered from its most recent window weeks).
     max_series_length: int = Field(0, ge=0)
     # Most history values (all rows together) in one forecaster request (413 beyond it). The
     # forecaster's work grows with rows x length, and a request must finish well inside
