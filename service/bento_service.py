@@ -108,6 +108,7 @@ class ModelService:
         # garbage collection, which otherwise walks them again and again under load.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*settings.gc_thresholds)
         if self.registry.ready:
             self.board.announce_ready()
         # New model versions are swapped in by a background task of this worker's event loop.

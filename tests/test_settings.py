@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from service.settings import Settings, SettingsError, get_settings
 
@@ -69,3 +70,12 @@ def test_the_release_grace_must_outlast_the_longest_queue_timeout(monkeypatch):
     monkeypatch.setenv("MODELSERVE_MODEL_POLL_S", "0")  # 0: no polling at all
     settings = get_settings()
     assert settings.model_release_grace_s == 8 and settings.model_poll_s == 0
+
+
+def test_gc_thresholds_default_to_the_measured_ones_and_read_json(monkeypatch):
+    assert Settings().gc_thresholds == (700, 100, 100)
+    monkeypatch.setenv("MODELSERVE_GC_THRESHOLDS", "[700, 10, 10]")
+    assert Settings().gc_thresholds == (700, 10, 10)
+    monkeypatch.setenv("MODELSERVE_GC_THRESHOLDS", "[700, -1, 10]")
+    with pytest.raises(ValidationError):
+        Settings()
