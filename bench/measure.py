@@ -48,6 +48,15 @@ def run_wrk(url: str, bodies_file: Path, concurrency: int, seconds: int, threads
         str(bodies_file),
     ]
     started = time.perf_counter()
+    result, cpu_s = run_bounded_wrk(command, seconds)
+    result["cpu_s"] = cpu_s
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def run_bounded_wrk(command: list[str], seconds: int) -> tuple[dict, float]:
+    """Run a wrk ``command`` whose Lua script prints ``BENCH_JSON {...}``: that summary, and wrk's
+    own CPU seconds (from wait4's rusage). Killed 30 s past its duration at the latest."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killer = threading.Timer(seconds + 30, proc.kill)  # every load run is bounded in time
     killer.start()
@@ -55,17 +64,13 @@ def run_wrk(url: str, bodies_file: Path, concurrency: int, seconds: int, threads
         out = proc.stdout.read().decode()
         err = proc.stderr.read().decode()
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        returncode = os.waitstatus_to_exitcode(status)
     finally:
         killer.cancel()
-    wall = time.perf_counter() - started
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {err.strip()}\n{out[-2000:]}")
-    result = json.loads(line.removeprefix("BENCH_JSON "))
-    result["cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["wall_s"] = wall
-    return result
+    if returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({returncode}): {err.strip()}\n{out[-2000:]}")
+    return json.loads(line.removeprefix("BENCH_JSON ")), usage.ru_utime + usage.ru_stime
 
 
 def system_busy_s() -> float:

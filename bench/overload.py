@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from bench import RESULTS, ROOT, log
-from bench.measure import gc_summary, steal_s, system_busy_s
+from bench.measure import gc_summary, run_bounded_wrk, steal_s, system_busy_s
 from bench.runs import machine, revision, store_label
 from bench.servers import MeasuredServer, parse_env, post, start_service
 from bench.workload import classify_bodies
@@ -98,24 +97,12 @@ def run_wrk_recording(url: str, bodies: Path, connections: int, seconds: int, th
         str(records_path),
     ]
     try:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        killer = threading.Timer(seconds + 30, proc.kill)  # every load run is bounded in time
-        killer.start()
-        try:
-            out = proc.stdout.read().decode()
-            err = proc.stderr.read().decode()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        finally:
-            killer.cancel()
-        line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
-        if proc.returncode != 0 or line is None:
-            raise RuntimeError(f"wrk failed ({proc.returncode}): {err.strip()}\n{out[-2000:]}")
+        summary, cpu_s = run_bounded_wrk(command, seconds)
         text = records_path.read_text()
         records = np.zeros((0, 4), np.int64)
         if text:
             records = np.loadtxt(text.splitlines(), dtype=np.int64, ndmin=2)
-        return json.loads(line.removeprefix("BENCH_JSON ")), records, usage.ru_utime + usage.ru_stime
+        return summary, records, cpu_s
     finally:
         records_path.unlink(missing_ok=True)
 
