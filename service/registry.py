@@ -356,16 +356,22 @@ def folders_without_manifest(store: Path, listed: list[str]) -> dict[str, str]:
     return found
 
 
+# Each kind of load failure (failure_reason), in words fit for a client: no file paths and no
+# ONNX Runtime text (the log has those).
+PUBLIC_REASONS = {
+    "sha256": "its model.onnx does not match the sha256 in its manifest",
+    "manifest": "its manifest is missing or invalid, or it has no servable version",
+    "onnxruntime": "ONNX Runtime could not load its model.onnx",
+    "graph": "its model.onnx's inputs and outputs do not match its manifest",
+    "warmup": "ONNX Runtime could not run it at warm-up",
+}
+
+
 def public_reason(exc: ModelLoadError) -> str:
     """Why a model failed to load, for clients: the kind of fault, not the file or library text."""
-    cause = exc.__cause__
-    if isinstance(cause, IntegrityError):
-        return "its model.onnx does not match the sha256 in its manifest"
-    if isinstance(cause, ManifestError):
-        return "its manifest is missing or invalid, or it has no servable version"
-    if cause is not None:
-        return "ONNX Runtime could not load its model.onnx"
-    return "it does not match its manifest or this server's configuration"
+    return PUBLIC_REASONS.get(
+        failure_reason(exc), "it does not match its manifest or this server's configuration"
+    )
 
 
 def registry_of(request: Request) -> ModelRegistry:
