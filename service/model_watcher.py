@@ -91,10 +91,10 @@ class ModelWatcher:
     async def update(self, name: str) -> None:
         """Serve the best loadable candidate of ``name``, unless it is the version served now."""
         serving = self.registry.serving_version(name)
-        for version in self.candidates(name):
+        for version, fingerprint in self.candidates(name):
             if version == serving:
                 return
-            pipeline = await self._load(name, version)
+            pipeline = await self._load(name, version, fingerprint)
             if pipeline is not None:
                 self._swap(name, pipeline)
                 return
@@ -109,8 +109,9 @@ class ModelWatcher:
                 serving,
             )
 
-    def candidates(self, name: str) -> Iterator[int]:
-        """Versions of ``name`` that may be served, highest first; failures are recorded on the way."""
+    def candidates(self, name: str) -> Iterator[tuple[int, str]]:
+        """Versions of ``name`` that may be served, highest first, each with its files' fingerprint;
+        failures are recorded on the way."""
         store, failed = self.settings.model_store, self.registry.failed_versions
         for version in reversed(list_versions(store, name)):
             fingerprint = version_fingerprint(store, name, version)
@@ -126,11 +127,11 @@ class ModelWatcher:
             if not manifest.servable:
                 failed.add(name, version, "gate", "its quality gate verdict is 'rejected'", fingerprint)
                 continue
-            yield version
+            yield version, fingerprint
 
-    async def _load(self, name: str, version: int) -> Pipeline | None:
-        """``name``/``version`` verified, loaded and warmed up off the event loop; None if it failed."""
-        fingerprint = version_fingerprint(self.settings.model_store, name, version)
+    async def _load(self, name: str, version: int, fingerprint: str) -> Pipeline | None:
+        """``name``/``version`` verified, loaded and warmed up off the event loop; None if it failed
+        (remembered with ``fingerprint``, the files it was read from)."""
         log.info("%s/%d found in the model store: verifying, loading and warming it up", name, version)
         started = time.perf_counter()
         try:
