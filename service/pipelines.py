@@ -268,7 +268,7 @@ class ForecasterPipeline(Pipeline[ForecastRequest, np.ndarray, np.ndarray]):
                 longest = self.max_length or "any number of"
                 raise InvalidInput(
                     f"{field}[{i}] has {len(row)} values; the forecaster takes {self.min_length} to "
-                    f"{longest} (it reads the last {self.window})",
+                    f"{longest} values (it reads the last {self.window})",
                     {
                         **place(i),
                         "min_length": self.min_length,
