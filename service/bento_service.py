@@ -16,13 +16,15 @@ from typing import Any
 import bentoml
 from bentoml._internal.context import server_context
 
+from service import direct_lane
 from service.connections import install as install_connection_guards
+from service.connections import offer_direct_lane
 from service.metrics import record_runtime
 from service.middleware import JsonErrors
 from service.model_watcher import ModelWatcher
 from service.registry import ModelRegistry, WorkerBoard
 from service.request_ids import configure_logging
-from service.routes import INFERENCE_ROUTES, create_app
+from service.routes import INFERENCE_ROUTES, TASK_ROUTES, create_app
 from service.runtime import ProviderUnavailable, SessionConfig
 from service.server_folder import leave_server_folder, use_server_folder
 from service.settings import cpu_budget, get_settings
@@ -48,6 +50,10 @@ except ProviderUnavailable as exc:
 # one (service.connections; a bad MODELSERVE_*_TIMEOUT_S stops start-up here).
 install_connection_guards()
 app = create_app()
+# The task routes' ordinary JSON requests are answered by the protocol itself, below ASGI
+# (service.direct_lane), unless a middleware it would skip is added: then it is off, logged.
+_lane_routes = direct_lane.lane_routes(TASK_ROUTES)
+offer_direct_lane(lambda asgi_app: direct_lane.build(asgi_app, app, _lane_routes, settings.direct_lane))
 
 
 @bentoml.service(

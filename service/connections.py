@@ -66,12 +66,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 import uvicorn.config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from service import request_ids
+from service.direct_lane import Answer, DirectLane, LaneRoute
+from service.request_ids import request_id_of
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -85,12 +89,13 @@ def _raw_answer(
     status: int,
     error: str,
     detail: str,
+    request_id: str,
     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
-    """A whole HTTP/1.1 answer with a JSON error body and ``Connection: close``, as bytes."""
-    body = json.dumps({"error": error, "detail": detail}).encode()
+    """A whole HTTP/1.1 answer with a JSON error body, its request id and ``Connection: close``."""
+    body = json.dumps({"error": error, "detail": detail, "request_id": request_id}).encode()
     head = [STATUS_LINE[status]]
-    for name, value in (*default_headers, *extra_headers):
+    for name, value in (*default_headers, *extra_headers, (request_ids.HEADER, request_id.encode())):
         head.extend([name, b": ", value, b"\r\n"])
     head.extend(
         [
@@ -110,11 +115,14 @@ _DRAINING_DETAIL = "this server is draining its connections; send the request ag
 
 async def answer_draining(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The ASGI app of a draining connection: 503, ``Retry-After``, ``Connection: close``."""
-    body = json.dumps({"error": _DRAINING_ERROR, "detail": _DRAINING_DETAIL}).encode()
+    request_id = request_id_of(scope["headers"])
+    body = {"error": _DRAINING_ERROR, "detail": _DRAINING_DETAIL, "request_id": request_id}
+    body = json.dumps(body).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         *_RETRY_AFTER,
+        (request_ids.HEADER, request_id.encode()),
         (b"connection", b"close"),
     ]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
@@ -173,6 +181,93 @@ class LingeringTransport:
             self._timer = None
 
 
+# --- the direct lane (service.direct_lane): built once per worker, at its first request ---------
+
+LaneBuilder = Callable[[Any], "DirectLane | None"]
+_lane_builder: LaneBuilder | None = None
+_lane: DirectLane | None = None
+_lane_built = False
+
+
+def offer_direct_lane(builder: LaneBuilder | None) -> None:
+    """How a worker builds its direct lane from the ASGI app it serves (None: no lane)."""
+    global _lane_builder, _lane, _lane_built
+    _lane_builder, _lane, _lane_built = builder, None, False
+
+
+def _direct_lane(asgi_app: Any) -> DirectLane | None:
+    global _lane, _lane_built
+    if not _lane_built:
+        _lane_built = True
+        _lane = _lane_builder(asgi_app) if _lane_builder is not None else None
+    return _lane
+
+
+_INTERNAL_ERROR = Answer(
+    500, json.dumps({"error": "internal server error", "detail": "the cause is in the server log"}).encode()
+)
+
+
+class DirectCycle(RequestResponseCycle):
+    """A request the direct lane took: read its body, answer it here or hand it to ASGI.
+
+    A uvicorn request cycle, so that the protocol's timeouts, drain and disconnects treat
+    it as any other request; :meth:`run_direct` replaces ``run_asgi`` (which it falls back on).
+    """
+
+    async def run_direct(self, lane: DirectLane, route: LaneRoute, app: Any, client: Any) -> None:
+        try:
+            while self.more_body:  # the body, as receive() would read it
+                if self.disconnected or self.response_complete:
+                    return
+                self.flow.resume_reading()
+                await self.message_event.wait()
+                self.message_event.clear()
+            if self.disconnected or self.response_complete:  # gone, or answered by a timeout
+                return
+            admitted = lane.admit(route, bytes(self.body))
+            if admitted is None:
+                self.message_event.set()  # receive() hands the ASGI app the body read already
+                return await self.run_asgi(app)
+            request_id = request_id_of(self.scope["headers"])
+            answer = await lane.answer(route, admitted, "POST", request_id)
+            if lane.closes(client):
+                self.keep_alive = False
+            await self._write(answer, request_id)
+        except Exception:
+            log.exception("direct lane: unexpected error on %s", route.path)
+            await self._write(_INTERNAL_ERROR, request_id_of(self.scope["headers"]))
+        finally:
+            self.on_response = lambda: None
+
+    async def _write(self, answer: Answer, request_id: str) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.response_started or self.disconnected:  # answered by the drain, or gone
+            return
+        self.response_started = True
+        head = [STATUS_LINE[answer.status]]
+        for name, value in (*self.default_headers, *answer.headers):
+            head.extend([name, b": ", value, b"\r\n"])
+        head.extend(
+            [
+                b"content-type: application/json\r\ncontent-length: ",
+                str(len(answer.body)).encode(),
+                b"\r\nx-request-id: ",
+                request_id.encode(),
+                b"\r\n" if self.keep_alive else b"\r\nconnection: close\r\n",
+                b"\r\n",
+                answer.body,
+            ]
+        )
+        self.transport.write(b"".join(head))
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header, idle and body timeouts, lingering closes and a
     drain on shutdown that answers instead of resetting (see the module docstring)."""
@@ -184,6 +279,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._reading_headers = False
+        self._body_progress_at = 0.0  # when the body of the request under way last grew
+        self._body_started_at = 0.0  # when it was first seen incomplete
+        self._body_bytes = 0  # how much of it has arrived
         self.draining = False
 
     # --- the connection ------------------------------------------------------------------
@@ -207,6 +306,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.lingering:  # type: ignore[attr-defined]
             return  # the answer is sent and the connection closing: leftovers are dropped
         super().data_received(data)
+        self._time_what_is_incomplete()
 
     def send_400_response(self, msg: str) -> None:
         # The parser refused the request (a malformed or over-long request line or header):
@@ -214,26 +314,60 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._answer_and_close(400, "invalid HTTP request", "the request line or headers could not be parsed")
 
     def _answer_and_close(self, status: int, error: str, detail: str, extra=()) -> None:
+        """Answer a request whose headers are incomplete or refused (its id, if it sent one
+        already, else a new one), and close."""
         if not self.transport.is_closing():
-            self.transport.write(_raw_answer(self.server_state.default_headers, status, error, detail, extra))
+            request_id = request_id_of(self.headers or [])
+            self._log_closing(error, detail, request_id)
+            answer = _raw_answer(self.server_state.default_headers, status, error, detail, request_id, extra)
+            self.transport.write(answer)
         self.transport.close()
 
-    # --- parser callbacks: arm and disarm the request timers -----------------------------
+    def _log_closing(self, error: str, detail: str, request_id: str) -> None:
+        if error != _DRAINING_ERROR:  # the drain has a line of its own, once per worker
+            log.info(
+                "closing a connection from %s: %s: %s (request_id=%s)", self.client, error, detail, request_id
+            )
+
+    # --- the request timers ----------------------------------------------------------------
+    # Armed only when a read leaves a request's headers or body incomplete: most requests
+    # arrive whole in one read and never need one (a timer per request is measurable CPU).
+
+    def _time_what_is_incomplete(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self._reading_headers:
+            if self._header_timer is None:
+                self._arm_header_timer()
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            self._body_progress_at = self.loop.time()
+            if self._body_timer is None:
+                self._body_started_at = self._body_progress_at
+                self._arm_body_timer(self.limits.body_timeout_s)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_too_slow)
+        self._reading_headers = True
+        self._body_bytes = 0
 
     def on_headers_complete(self) -> None:
+        self._reading_headers = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        if not self.draining and (self.cycle is None or self.cycle.response_complete):
+            lane = _direct_lane(self.app)
+            if lane is not None and not self.expect_100_continue:
+                route = lane.route_for(self.parser.get_method(), self.url, self.headers)
+                if route is not None and self.parser.get_http_version() == "1.1":
+                    return self._answer_directly(lane, route)
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is previous:  # an upgrade: no request cycle of ours
             return
-        self._arm_body_timer()
         send = cycle.send
 
         async def send_closing_if_body_unread(message: Any) -> None:
@@ -245,9 +379,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
         cycle.send = send_closing_if_body_unread  # type: ignore[method-assign]
 
+    def _answer_directly(self, lane: DirectLane, route: LaneRoute) -> None:
+        """Start the request's :class:`DirectCycle`: what uvicorn's ``on_headers_complete``
+        does, with the direct lane instead of the ASGI app."""
+        scope = self.scope
+        scope["method"] = "POST"
+        scope["path"] = self.root_path + route.path
+        scope["raw_path"] = self.root_path.encode("ascii") + self.url
+        scope["query_string"] = b""
+        self.cycle = cycle = DirectCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=self.parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        task = self.loop.create_task(cycle.run_direct(lane, route, self.app, self.client))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        self._arm_body_timer()
+        self._body_bytes += len(body)
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
@@ -255,23 +414,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = None
         super().on_message_complete()
 
-    def _arm_body_timer(self) -> None:
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_too_slow)
+
+    def _arm_body_timer(self, delay: float) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
-        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_stalled)
+        self._body_timer = self.loop.call_later(delay, self._body_stalled)
 
     # --- timeouts -----------------------------------------------------------------------
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
         if self._answering():  # a pipelined request: its clock starts once the one before is answered
-            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_too_slow)
+            self._arm_header_timer()
             return
-        log.info(
-            "closing a connection from %s: request headers incomplete after %g s",
-            self.client,
-            self.limits.header_timeout_s,
-        )
         self._answer_and_close(
             408,
             "request timeout",
@@ -284,26 +441,44 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or cycle is None or not cycle.more_body:
             return
         if self.flow.read_paused:  # we stopped reading (the handler is behind), not the client
-            self._arm_body_timer()
+            self._body_progress_at = self.loop.time()
+            self._arm_body_timer(self.limits.body_timeout_s)
             return
-        log.info(
-            "closing a connection from %s: request body stalled for %g s",
-            self.client,
-            self.limits.body_timeout_s,
-        )
-        self._abandon(
-            cycle,
-            408,
-            "request timeout",
-            f"the request body stopped arriving for {self.limits.body_timeout_s:g} s",
-        )
+        now = self.loop.time()
+        too_slow = self._body_too_slow(now)
+        quiet_s = now - self._body_progress_at
+        if quiet_s < self.limits.body_timeout_s and not too_slow:  # it grew since the timer was armed
+            self._arm_body_timer(self.limits.body_timeout_s - quiet_s)
+            return
+        if too_slow:
+            detail = (
+                f"the request body arrived at {too_slow:.0f} bytes/s, below the minimum of "
+                f"{self.limits.body_min_rate_bps} bytes/s"
+            )
+        else:
+            detail = f"the request body stopped arriving for {self.limits.body_timeout_s:g} s"
+        self._abandon(cycle, 408, "request timeout", detail)
+
+    def _body_too_slow(self, now: float) -> float:
+        """The body's mean rate (bytes/s) if it is below the minimum once the body timeout has
+        passed since it began, else 0: a client that sends a byte just before each pause would
+        run out would otherwise hold its connection for as long as its body lasts."""
+        minimum = self.limits.body_min_rate_bps
+        elapsed = now - self._body_started_at
+        if not minimum or elapsed < self.limits.body_timeout_s:
+            return 0.0
+        rate = self._body_bytes / elapsed
+        return max(rate, 1e-9) if rate < minimum else 0.0
 
     def _abandon(self, cycle: Any, status: int, error: str, detail: str, extra=()) -> None:
         """Answer ``status`` for a request whose handler may still run, and close: the handler
         then reads a disconnect, and whatever it sends later goes nowhere."""
         if not cycle.response_started:
             cycle.response_started = True
-            self.transport.write(_raw_answer(self.server_state.default_headers, status, error, detail, extra))
+            request_id = request_id_of(cycle.scope["headers"])
+            self._log_closing(error, detail, request_id)
+            answer = _raw_answer(self.server_state.default_headers, status, error, detail, request_id, extra)
+            self.transport.write(answer)
         cycle.disconnected = True
         cycle.message_event.set()
         self.transport.close()

@@ -33,6 +33,11 @@ How, in full:
   "Cannot add middleware after an application has started").
 * FastAPI's own OpenTelemetry instrumentation is off: BentoML traces requests
   (``tracing.excluded_urls`` in ``service.bento_service`` leaves the hot routes out).
+
+Below this app, ``service.direct_lane`` answers the JSON task routes' ordinary requests in the
+HTTP protocol, without ASGI, and hands everything else to this app. It stands in for exactly
+the middleware ``service.routes`` and ``service.bento_service`` add; any other middleware
+turns it off at a worker's first request, with a log line, so that it applies here as above.
 """
 
 from __future__ import annotations

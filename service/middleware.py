@@ -201,16 +201,8 @@ class ConnectionRecycler:
         client = scope.get("client")
         if scope["type"] != "http" or client is None:
             return await self.app(scope, receive, send)
-        now = time.monotonic()
-        self.served_since_close += 1
-        deadline = self.deadlines.get(client)
-        if deadline is None:
-            self._forget_expired(now)
-            self.deadlines[client] = now + self.max_age_s * self.random.uniform(0.75, 1.25)
-        if deadline is None or now < deadline or not self._may_close():
+        if not self.due(client):
             return await self.app(scope, receive, send)
-        del self.deadlines[client]
-        self.served_since_close = 0
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -218,6 +210,21 @@ class ConnectionRecycler:
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+    def due(self, client: tuple[str, int]) -> bool:
+        """Whether the answer to this request of ``client``'s connection should close it
+        (counted as served, and as closed when it should)."""
+        now = time.monotonic()
+        self.served_since_close += 1
+        deadline = self.deadlines.get(client)
+        if deadline is None:
+            self._forget_expired(now)
+            self.deadlines[client] = now + self.max_age_s * self.random.uniform(0.75, 1.25)
+        if deadline is None or now < deadline or not self._may_close():
+            return False
+        del self.deadlines[client]
+        self.served_since_close = 0
+        return True
 
     def _may_close(self) -> bool:
         """Whether a close is due by the pace (see above); the connections held are those with
@@ -312,16 +319,21 @@ class JsonErrors:
         answer["request_id"] = request_id
         if scope.get(SHED):  # refused by InFlightLimit, which logs a summary instead
             return json.dumps(answer).encode()
-        log.log(
-            logging.WARNING if status >= 500 else logging.INFO,
-            "%s %s answered %d: %s (request_id=%s)",
-            scope.get("method"),
-            scope.get("path"),
-            status,
-            answer.get("error"),
-            request_id,
-        )
+        log_failed_request(scope.get("method"), scope.get("path"), status, answer.get("error"), request_id)
         return json.dumps(answer).encode()
+
+
+def log_failed_request(method: Any, path: Any, status: int, error: Any, request_id: str) -> None:
+    """The one log line of a failed request: INFO for 4xx, WARNING for 5xx."""
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "%s %s answered %d: %s (request_id=%s)",
+        method,
+        path,
+        status,
+        error,
+        request_id,
+    )
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

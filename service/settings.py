@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(5.0, gt=0, le=300)
     # Longest pause while a request body arrives; then 408 and the connection is closed.
     body_timeout_s: float = Field(10.0, gt=0, le=300)
+    # Slowest mean rate a request body may arrive at (bytes/s), checked once it has been arriving
+    # for body_timeout_s; then 408 and the connection is closed. 0 = no minimum.
+    body_min_rate_bps: int = Field(1024, ge=0)
     # After SIGTERM, how long requests in flight may take before they are answered 503.
     drain_timeout_s: float = Field(5.0, gt=0, le=120)
     # Before a socket is closed, how long what the client still sends is read and dropped, so
@@ -167,6 +170,10 @@ class Settings(BaseSettings):
     gc_thresholds: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = (700, 100, 100)
     # One log line per request (BentoML's access log). Off by default: it costs throughput.
     access_log: bool = False
+    # JSON task requests answered by the connection's protocol, below ASGI (service/direct_lane.py):
+    # the same answers for a third to half of the CPU. Off: every request goes through ASGI.
+    # (It turns itself off, with a log line, when a middleware it would skip is added.)
+    direct_lane: bool = True
     # The service's own log lines (model loading, failed requests with their request id):
     # "text" in BentoML's format, or "json", one JSON object per line, for log collectors.
     log_format: Literal["text", "json"] = "text"
