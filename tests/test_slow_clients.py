@@ -105,6 +105,7 @@ def assert_timeout_answer(answer: Answer, what: str) -> None:
     assert answer.headers["content-type"] == "application/json"
     assert answer.headers["connection"] == "close"
     assert what in answer.json()["detail"] and answer.json()["error"] == "request timeout"
+    assert answer.json()["request_id"] == answer.headers["x-request-id"]
 
 
 @pytest.fixture(scope="module")
@@ -164,17 +165,41 @@ def test_a_keep_alive_connection_left_idle_is_closed(guarded):
 
 
 def test_a_body_that_stops_half_way_is_answered_408_and_closed(guarded):
-    request = request_bytes("POST", "/classify", DIGIT)
+    request = request_bytes("POST", "/classify", DIGIT, X_Request_ID="stalled-body")
     with connect(guarded) as sock:
         sock.sendall(request[: len(request) - len(DIGIT) // 2])
         started = time.monotonic()
         answer = read_answer(sock)
         print(f"stalled body: {answer.status} after {time.monotonic() - started:.1f} s")
         assert_timeout_answer(answer, "body")
+        assert answer.headers["x-request-id"] == "stalled-body"
         assert how_it_ends(sock) == "closed"
     # The worker is fine: the handler that waited for the body saw the client leave.
     with guarded.client() as client:
         assert client.post("/classify", content=DIGIT).status_code == 200
+
+
+def test_a_body_that_never_pauses_long_but_trickles_is_answered_408_and_closed(guarded):
+    # 10 bytes every 0.5 s: no pause reaches the 2 s body timeout, but 20 bytes/s is far below
+    # the minimum rate (MODELSERVE_BODY_MIN_RATE_BPS, 1024 by default).
+    body = b" " * 5000
+    request = request_bytes("POST", "/classify", body, X_Request_ID="trickle")
+    head = request[: len(request) - len(body)]
+    sent = 0
+    with connect(guarded) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        while sent < len(body) and not select.select([sock], [], [], 0.5)[0]:
+            sock.sendall(body[sent : sent + 10])
+            sent += 10
+        answer = read_answer(sock)
+        ending = how_it_ends(sock)
+    took_s = time.monotonic() - started
+    print(f"trickled body: {answer.status} after {sent} bytes, {took_s:.1f} s; then {ending}")
+    assert sent < len(body), "the whole body trickled in and was answered"
+    assert_timeout_answer(answer, "bytes/s")
+    assert answer.headers["x-request-id"] == "trickle"
+    assert ending == "closed"
 
 
 def test_a_chunked_body_past_the_limit_gets_413_and_the_connection_is_closed(guarded):
@@ -211,7 +236,8 @@ def test_an_over_long_request_line_gets_a_json_400(guarded):
     assert answer.status == 400, answer
     assert answer.headers["content-type"] == "application/json"
     body = answer.json()
-    assert set(body) == {"error", "detail"}, body
+    assert set(body) == {"error", "detail", "request_id"}, body
+    assert body["request_id"] == answer.headers["x-request-id"]
     assert ending == "closed"
 
 
@@ -261,11 +287,32 @@ def test_the_places_service_connections_hooks_into_are_still_there():
         "on_headers_complete",
         "on_body",
         "on_message_complete",
+        "on_url",
         "shutdown",
         "timeout_keep_alive_handler",
     ):
         assert name in vars(httptools_impl.HttpToolsProtocol), name
-        assert name in vars(GuardedHttpToolsProtocol) or name == "timeout_keep_alive_handler", name
+        overridden = name in vars(GuardedHttpToolsProtocol)
+        assert overridden or name in ("timeout_keep_alive_handler", "on_url"), name
+    # The direct lane starts a request cycle as uvicorn's on_headers_complete does, with the same
+    # arguments, and falls back on its run_asgi.
+    assert "self.url += url" in inspect.getsource(httptools_impl.HttpToolsProtocol.on_url)
+    assert list(inspect.signature(httptools_impl.RequestResponseCycle.__init__).parameters)[1:] == [
+        "scope",
+        "transport",
+        "flow",
+        "logger",
+        "access_logger",
+        "access_log",
+        "default_headers",
+        "message_event",
+        "expect_100_continue",
+        "keep_alive",
+        "on_response",
+    ]
+    assert "self.on_response()" in inspect.getsource(httptools_impl.RequestResponseCycle.send)
+    on_headers_complete = inspect.getsource(httptools_impl.HttpToolsProtocol.on_headers_complete)
+    assert "self.cycle = RequestResponseCycle(" in on_headers_complete
     cycle_init = inspect.getsource(httptools_impl.RequestResponseCycle.__init__)
     for field in ("more_body", "keep_alive", "response_started", "response_complete", "disconnected"):
         assert f"self.{field} =" in cycle_init, field
