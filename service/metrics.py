@@ -8,6 +8,7 @@ aggregates all workers with prometheus_client's multi-process collector.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import (
@@ -123,6 +124,7 @@ class ModelMetrics:
         self.model, self.version = model, str(version)
         model, version = self.model, self.version
         self._requests = REQUESTS.labels(model, version)
+        self._finished = 0  # requests finished and not yet counted in _requests
         self._items = ITEMS.labels(model, version)
         self._rejected = REJECTED.labels(model, version)
         self._batches = BATCHES.labels(model, version)
@@ -142,7 +144,19 @@ class ModelMetrics:
             self._items.inc(stats.items)
 
     def request_done(self) -> None:
-        self._requests.inc()
+        # Counted once per turn of the event loop, not per request: in multi-process mode each
+        # increment is a locked write to a memory-mapped file (about 4% of a /classify
+        # request's CPU), and the requests of a batch all finish in the same turn.
+        self._finished += 1
+        if self._finished == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._count_finished)
+            except RuntimeError:  # no event loop (a script, a test): count at once
+                self._count_finished()
+
+    def _count_finished(self) -> None:
+        finished, self._finished = self._finished, 0
+        self._requests.inc(finished)
 
     def error(self, status: int) -> None:
         ERRORS.labels(self.model, self.version, str(status)).inc()
