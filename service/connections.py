@@ -26,10 +26,11 @@ client sends on it a moment later meets a closed socket (connection reset by pee
   ``linger_s`` passes, so no unread data makes the kernel reset the connection and lose the
   answer on its way.
 
-On SIGTERM uvicorn stops accepting (the listening socket stays open in the arbiter until
-every worker has exited: connections made from then on wait in the kernel's queue and are
-reset when the server exits; in Kubernetes none arrive, the preStop hook keeps traffic away)
-and asks each connection to shut down. Here, a draining connection:
+On SIGTERM the arbiter shuts its listening socket down before it stops the workers, so a
+client that connects from then on is refused at once instead of waiting in the kernel's queue
+to be reset when the server exits (:func:`_stop_listening_at_sigterm`; in Kubernetes none
+arrive, the preStop hook keeps traffic away). Each worker's uvicorn stops accepting and asks
+each connection to shut down. Here, a draining connection:
 
 - with a request in flight: the answer is sent with ``Connection: close``, then closed;
 - idle: stays open until its idle timer or the drain deadline, whichever comes first, and a
@@ -64,8 +65,10 @@ stops building its server through ``uvicorn.Config`` or starts choosing the prot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -533,8 +536,40 @@ class GuardedConfig(uvicorn.config.Config):
 
 def install() -> None:
     """Make the uvicorn server this process builds (BentoML's worker: ``uvicorn.Config(...)``,
-    looked up when the worker starts serving, after it imported the service) a guarded one."""
+    looked up when the worker starts serving, after it imported the service) a guarded one, and
+    the arbiter (``bentoml serve``'s main process) stop listening at SIGTERM."""
     limits = get_settings()  # a bad value stops start-up here, before any worker serves
     if uvicorn.Config is not GuardedConfig:
         uvicorn.Config = GuardedConfig  # type: ignore[misc]
         log.debug("HTTP connections: %s", limits)
+    _stop_listening_at_sigterm()
+
+
+def _stop_listening_at_sigterm() -> None:
+    """At SIGTERM, the arbiter shuts its listening sockets before it stops the workers.
+
+    The arbiter (circus, in ``bentoml serve``'s main process) opens the listening socket and
+    its workers accept from it. At SIGTERM the workers stop accepting, but the socket itself
+    stays open in the arbiter until it exits: the kernel goes on completing handshakes into its
+    queue, nobody accepts them, and each such client, its request already sent, is reset when
+    the arbiter exits seconds later. Shut down (``SHUT_RD``) at the signal, the socket stops
+    listening for every process that shares it: a client that connects from then on is refused
+    at once (nothing was sent, so it can retry elsewhere), while the connections already
+    accepted drain as above. Only at SIGTERM to the arbiter, which stops the whole server: a
+    worker that is stopped or restarted alone never touches the shared socket.
+    """
+    from circus.sighandler import SysHandler
+
+    term = SysHandler.handle_term
+    if getattr(term, "stops_listening", False):
+        return
+
+    def handle_term(handler: SysHandler) -> None:
+        for listening in handler.controller.arbiter.sockets.values():
+            # (OSError: not listening, e.g. a Unix socket that is gone, or one not bound yet)
+            with contextlib.suppress(OSError):
+                listening.shutdown(socket.SHUT_RD)
+        term(handler)
+
+    handle_term.stops_listening = True  # type: ignore[attr-defined]
+    SysHandler.handle_term = handle_term  # type: ignore[method-assign]

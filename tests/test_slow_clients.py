@@ -320,6 +320,16 @@ def test_the_places_service_connections_hooks_into_are_still_there():
     assert "app = self.app" in inspect.getsource(httptools_impl.HttpToolsProtocol.on_headers_complete)
     shutdown = inspect.getsource(uvicorn.server.Server.shutdown)
     assert "connection.shutdown()" in shutdown and "timeout_graceful_shutdown" in shutdown
+    # The arbiter's SIGTERM handler (circus), wrapped to stop listening first.
+    from circus.controller import Controller
+    from circus.sighandler import SysHandler
+
+    from service.connections import _stop_listening_at_sigterm
+
+    _stop_listening_at_sigterm()  # what install() does in the arbiter
+    assert getattr(SysHandler.handle_term, "stops_listening", False)
+    assert "self.sys_hdl = SysHandler(self)" in inspect.getsource(Controller)
+    assert "self.arbiter = arbiter" in inspect.getsource(Controller.__init__)
     config = GuardedConfig(app=lambda scope, receive, send: None, timeout_keep_alive=5)
     config.load()
     assert config.http_protocol_class is GuardedHttpToolsProtocol
