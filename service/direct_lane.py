@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel
@@ -69,6 +69,14 @@ class LaneRoute:
     path: str
     model: str
     schema: type[BaseModel]
+
+
+class Admitted(NamedTuple):
+    """A request the lane answers: its model's pipeline, its validated body, its items."""
+
+    pipeline: Any
+    body: BaseModel
+    items: list[Any]
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,7 @@ class DirectLane:
             elif name in (b"transfer-encoding", b"expect"):
                 return None
             elif name == b"content-type":
-                media = value.split(b";", 1)[0].strip().lower()
+                media = value.split(b";", 1)[0].strip()  # as service.request_bodies reads it
                 if media != b"application/json" and not media.endswith(b"+json"):
                     return None
         if not 0 < length <= self.body_limit:
@@ -124,9 +132,9 @@ class DirectLane:
 
     # --- answering ----------------------------------------------------------------------------
 
-    def admit(self, route: LaneRoute, body: bytes) -> tuple[Any, Any, list[Any]] | None:
-        """(pipeline, parsed body, items) for a request the lane can answer, else None: the
-        ASGI path then answers it (an invalid body, no model, the in-flight limit reached)."""
+    def admit(self, route: LaneRoute, body: bytes) -> Admitted | None:
+        """The request, if the lane can answer it, else None: the ASGI path then answers it
+        (an invalid body, no model, the in-flight limit reached)."""
         registry = getattr(self.app.state, "registry", None)
         if registry is None:
             return None
@@ -141,11 +149,9 @@ class DirectLane:
             items = pipeline.decode(parsed)
         except Exception:  # the route's own answer says what is wrong, from the ASGI path
             return None
-        return pipeline, parsed, items
+        return Admitted(pipeline, parsed, items)
 
-    async def answer(
-        self, route: LaneRoute, admitted: tuple[Any, Any, list[Any]], method: str, request_id: str
-    ) -> Answer:
+    async def answer(self, route: LaneRoute, admitted: Admitted, method: str, request_id: str) -> Answer:
         """The answer to an admitted request: its results, or the route's error answer."""
         pipeline, parsed, items = admitted
         in_flight = self.in_flight

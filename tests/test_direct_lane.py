@@ -34,6 +34,7 @@ BAD = [
     ("/forecast", {"series": [[1.0, 2.0]]}, "application/json"),  # too short a history
     ("/generate", {"labels": [10]}, "application/json"),
     ("/classify", {"images": [DIGIT]}, "text/plain"),  # not JSON: the lane never takes it
+    ("/classify", {"images": [DIGIT]}, "Application/JSON"),  # media types are read as sent
 ]
 
 
@@ -151,6 +152,7 @@ HEADERS = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-l
         (b"POST", b"/classify", [*HEADERS, (b"transfer-encoding", b"chunked")], False),
         (b"POST", b"/classify", [*HEADERS, (b"expect", b"100-continue")], False),
         (b"POST", b"/classify", [(b"content-type", b"text/plain"), HEADERS[2]], False),
+        (b"POST", b"/classify", [(b"content-type", b"Application/JSON"), HEADERS[2]], False),  # a 415
         (b"POST", b"/classify", [(b"content-type", b"multipart/form-data; boundary=x"), HEADERS[2]], False),
     ],
 )
