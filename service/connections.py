@@ -119,8 +119,8 @@ _DRAINING_DETAIL = "this server is draining its connections; send the request ag
 async def answer_draining(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The ASGI app of a draining connection: 503, ``Retry-After``, ``Connection: close``."""
     request_id = request_id_of(scope["headers"])
-    body = {"error": _DRAINING_ERROR, "detail": _DRAINING_DETAIL, "request_id": request_id}
-    body = json.dumps(body).encode()
+    answer = {"error": _DRAINING_ERROR, "detail": _DRAINING_DETAIL, "request_id": request_id}
+    body = json.dumps(answer).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -206,9 +206,10 @@ def _direct_lane(asgi_app: Any) -> DirectLane | None:
     return _lane
 
 
-_INTERNAL_ERROR = Answer(
-    500, json.dumps({"error": "internal server error", "detail": "the cause is in the server log"}).encode()
-)
+def _internal_error(request_id: str) -> Answer:
+    """What the service's unexpected-error handler answers, with the request id."""
+    body = {"error": "internal server error", "detail": "the cause is in the server log"}
+    return Answer(500, json.dumps({**body, "request_id": request_id}).encode())
 
 
 class DirectCycle(RequestResponseCycle):
@@ -238,8 +239,9 @@ class DirectCycle(RequestResponseCycle):
                 self.keep_alive = False
             await self._write(answer, request_id)
         except Exception:
-            log.exception("direct lane: unexpected error on %s", route.path)
-            await self._write(_INTERNAL_ERROR, request_id_of(self.scope["headers"]))
+            request_id = request_id_of(self.scope["headers"])
+            log.exception("direct lane: unexpected error on %s (request_id=%s)", route.path, request_id)
+            await self._write(_internal_error(request_id), request_id)
         finally:
             self.on_response = lambda: None
 
