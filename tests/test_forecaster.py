@@ -20,13 +20,19 @@ from training.forecast_baselines import (
     seasonal_naive_step_drift,
     targets,
 )
+from training.forecaster_backtest import FOLDS, backtest
 from training.forecaster_report import report
+from training.linear_forecast import linear_forecasts, prior_matrix
 from training.models.forecaster import Forecaster, ForecasterConfig
+from training.models.linear_forecaster import LinearForecaster, LinearForecasterConfig
+from training.options import TrainOptions
 from training.train_forecaster import (
     QUALITY_BAR,
     ForecasterTrainConfig,
     dynamic_shapes,
     evaluate,
+    linear_example_inputs,
+    linear_recipe,
     load_series,
     make_example_inputs,
     origins,
@@ -35,6 +41,7 @@ from training.train_forecaster import (
     sample_batch,
     seasonal_naive_drift,
     split_points,
+    train,
     train_step,
 )
 
@@ -217,6 +224,101 @@ def test_onnx_export_parity_and_padding(model, series, tmp_path):
     assert np.abs(got - alone).max() <= 1e-4
 
 
+# --- the linear forecaster --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linear(series) -> LinearForecaster:
+    """A linear forecaster with the trainer's recipe, fitted on the training weeks."""
+    cfg = ForecasterTrainConfig()
+    recipe = linear_recipe(cfg)
+    val_start, _ = split_points(len(series), cfg)
+    weight, bias = recipe.fit(series, list(range(recipe.window, val_start - 52 + 1)), 52)
+    model = LinearForecaster(LinearForecasterConfig(window=recipe.window, min_length=cfg.min_window))
+    model.set_map(torch.from_numpy(weight), torch.from_numpy(bias))
+    return model.eval()
+
+
+def test_the_prior_is_exact_on_trend_plus_season():
+    y = trend_and_season()
+    for years in (1, 2, 3, 5):
+        window = 52 * (years + 1)
+        prior = prior_matrix(years, window, 52)
+        np.testing.assert_allclose(prior.sum(0), 1.0)  # a map of values measured from the last one
+        ends = [window + 10, 700, 1100]
+        forecasts = linear_forecasts(prior, np.zeros(52), y, ends)
+        np.testing.assert_allclose(forecasts, targets(y, ends, 52), atol=1e-9)
+
+
+def test_a_short_history_is_extended_back_by_whole_seasons(linear):
+    """Rows shorter than the window read, for each missing week, the same week a season or more
+    later less that much growth: exact on a trend plus an exact season."""
+    y = trend_and_season()
+    W = linear.config.window
+    rows = [y[e - L : e] for L, e in ((104, 500), (W - 1, 700), (W + 60, 900), (150, 1100))]
+    last, recent = linear.recent(*pad_rows(rows))
+    for i, (row, e) in enumerate(zip(rows, (500, 700, 900, 1100), strict=True)):
+        np.testing.assert_allclose(recent[i].numpy(), y[e - W : e] - y[e - 1], atol=5e-4)
+        assert last[i, 0].item() == pytest.approx(row[-1])
+
+
+def test_linear_model_matches_its_map_and_ignores_padding(linear, series):
+    ends = [1500, 1900, 2200]
+    rows = [series[e - 600 : e] for e in ends]
+    with torch.no_grad():
+        got = linear(*pad_rows(rows)).numpy()
+    weight, bias = linear.weight.double().numpy(), linear.bias.double().numpy()
+    np.testing.assert_allclose(got, linear_forecasts(weight, bias, series, ends), atol=1e-3)
+    rows = windows(series, MIXED)
+    history, lengths = padded(rows, 1500)
+    noisy_history, _ = padded(rows, 1600, fill=1e4)
+    with torch.no_grad():
+        batch, noisy = linear(history, lengths), linear(noisy_history, lengths)
+        alone = torch.cat([linear(*pad_rows([row])) for row in rows])
+        shifted = linear(history + 50.0, lengths)
+    assert (batch - alone).abs().max().item() <= 1e-4
+    assert (noisy - alone).abs().max().item() <= 1e-4
+    assert torch.allclose(shifted - batch, torch.full_like(batch, 50.0), atol=1e-3)
+
+
+def test_the_backtest_never_reads_the_test_weeks(series):
+    cfg = ForecasterTrainConfig()
+    _, test_start = split_points(len(series), cfg)
+    recipe = linear_recipe(cfg)
+    changed = series.copy()
+    changed[test_start:] += np.random.default_rng(0).normal(0, 5, len(series) - test_start)
+    first, second = backtest(series, [recipe], folds=(2, 7)), backtest(changed, [recipe], folds=(2, 7))
+    assert [vars(f) for f in first[recipe.name]] == [vars(f) for f in second[recipe.name]]
+    assert min(FOLDS) == 2  # fold 1 would evaluate 1999-2000, half of it test weeks
+
+
+def test_linear_onnx_export_parity_and_padding(linear, series, tmp_path):
+    trained = TrainedModel(
+        name="forecaster",
+        task="time-series-forecasting",
+        module=linear,
+        input_names=["history", "lengths"],
+        output_names=["forecast"],
+        example_inputs=linear_example_inputs(series, linear.config, seed=0),
+        dynamic_shapes=dynamic_shapes(),
+        metrics={},
+        training={"seed": 0},
+        dataset={},
+    )
+    path = tmp_path / "model.onnx"
+    export_onnx(trained, path)
+    assert check_parity(trained, path) <= PARITY_ATOL  # batches 1, 7 and 64
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rows = windows(series, MIXED, seed=1)
+    history, lengths = padded(rows, 1500)
+    got = run_onnx(session, history, lengths)
+    with torch.no_grad():
+        want = linear(history, lengths).numpy()
+    assert np.abs(got - want).max() <= PARITY_ATOL
+    alone = np.concatenate([run_onnx(session, *pad_rows([row])) for row in rows])
+    assert np.abs(got - alone).max() <= 1e-4
+
+
 # --- the committed model ------------------------------------------------------------------------
 
 
@@ -317,6 +419,23 @@ def test_dry_run_trains_exports_and_publishes_a_rejected_candidate(tmp_path, cap
     assert manifest.training["dry_run"] is True and manifest.training["seed"] == 0
     for plot in ("forecaster_curves.png", "forecaster_forecasts.png"):
         assert (path.parent / plot).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_linear_recipe_trains_with_its_window_and_backtest(tmp_path):
+    """The linear recipe (not the default): fitted, evaluated on every split, its backtest recorded."""
+    cfg = ForecasterTrainConfig(model="linear")
+    options = TrainOptions(seed=0, epochs=None, dry_run=True, store=tmp_path, workdir=tmp_path)
+    trained = train(options, cfg)
+    recipe = linear_recipe(cfg)
+    assert trained.serving["window"] == trained.serving["max_length"] == recipe.window
+    assert trained.serving["min_length"] == cfg.min_window
+    metrics = trained.metrics
+    assert metrics["recipe"] == recipe.name and metrics["train_origins"] == cfg.dry_run_origins
+    assert metrics["train_mae"] < metrics["train_mae_last_value"]
+    assert metrics["backtest_folds"] == len(FOLDS)
+    for key in ("test_mae", "val_mae", "mae_ratio_to_ridge", "val_mae_ratio_to_ridge_weeks_1_13"):
+        assert np.isfinite(metrics[key]), key
 
 
 def test_evaluate_counts_origins(model, series):

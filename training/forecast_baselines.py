@@ -84,6 +84,17 @@ def ridge_design(y: np.ndarray, ends: list[int], window: int) -> np.ndarray:
     return np.stack([y[e - window : e] - y[e - 1] for e in ends])
 
 
+def ridge_solve(x: np.ndarray, z: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(weights (D, H), intercept (H,)) minimising |z - intercept - x @ weights|^2 + alpha |weights|^2.
+
+    The intercept is not penalised (inputs and targets are centred first).
+    """
+    x_mean, z_mean = x.mean(0), z.mean(0)
+    xc, zc = x - x_mean, z - z_mean
+    weights = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ zc)
+    return weights, z_mean - x_mean @ weights
+
+
 @dataclass(frozen=True)
 class RidgeBaseline:
     """A fitted ridge: forecast = y[t] + intercept + (last window - y[t]) @ weights."""
@@ -99,10 +110,8 @@ class RidgeBaseline:
         """Least squares with an L2 penalty ``alpha`` on the weights, on the given origins."""
         x = ridge_design(y, ends, window)
         z = targets(y, ends, horizon) - y[np.array(ends) - 1][:, None]
-        x_mean, z_mean = x.mean(0), z.mean(0)
-        xc, zc = x - x_mean, z - z_mean
-        weights = np.linalg.solve(xc.T @ xc + alpha * np.eye(window), xc.T @ zc)
-        return cls(weights, z_mean - x_mean @ weights, alpha, window, len(ends))
+        weights, intercept = ridge_solve(x, z, alpha)
+        return cls(weights, intercept, alpha, window, len(ends))
 
     def predict(self, y: np.ndarray, ends: list[int]) -> np.ndarray:
         """Forecasts (len(ends), H) in the series' units."""
@@ -152,32 +161,36 @@ def baseline_forecasts(
 
 
 def comparison_metrics(
-    model_forecasts: np.ndarray, baselines: dict[str, np.ndarray], truth: np.ndarray
+    model_forecasts: np.ndarray, baselines: dict[str, np.ndarray], truth: np.ndarray, split: str = "test"
 ) -> dict[str, Any]:
     """Flat metrics: model MAE and bias overall and per band, each baseline's, and the ratios.
 
     Ratios are model MAE / baseline MAE (below 1: the model is better). Bias is the mean
-    signed error, forecast minus truth (negative: the model forecasts too low).
+    signed error, forecast minus truth (negative: the model forecasts too low). ``split`` names
+    the weeks: the test weeks' keys are ``test_mae``, ``baseline_mae_ridge``,
+    ``mae_ratio_to_ridge``, ...; another split's carry its name in front (``val_mae``,
+    ``val_baseline_mae_ridge``, ``val_mae_ratio_to_ridge``, ...).
     """
+    lead = "" if split == "test" else f"{split}_"
     horizon = truth.shape[1]
     error = model_forecasts - truth
     metrics: dict[str, Any] = {
-        "test_mae": round(float(np.abs(error).mean()), 4),
-        "test_bias": round(float(error.mean()), 4),
+        f"{split}_mae": round(float(np.abs(error).mean()), 4),
+        f"{split}_bias": round(float(error.mean()), 4),
     }
     for band, steps in bands(horizon):
-        metrics[f"test_mae_{band}"] = round(float(np.abs(error[:, steps]).mean()), 4)
-        metrics[f"test_bias_{band}"] = round(float(error[:, steps].mean()), 4)
+        metrics[f"{split}_mae_{band}"] = round(float(np.abs(error[:, steps]).mean()), 4)
+        metrics[f"{split}_bias_{band}"] = round(float(error[:, steps].mean()), 4)
     model_mae = np.abs(error).mean()
     for name, forecast in baselines.items():
         base_error = np.abs(forecast - truth)
-        metrics[f"baseline_mae_{name}"] = round(float(base_error.mean()), 4)
-        metrics[f"mae_ratio_to_{name}"] = round(float(model_mae / base_error.mean()), 4)
+        metrics[f"{lead}baseline_mae_{name}"] = round(float(base_error.mean()), 4)
+        metrics[f"{lead}mae_ratio_to_{name}"] = round(float(model_mae / base_error.mean()), 4)
         for band, steps in bands(horizon):
-            metrics[f"baseline_mae_{name}_{band}"] = round(float(base_error[:, steps].mean()), 4)
+            metrics[f"{lead}baseline_mae_{name}_{band}"] = round(float(base_error[:, steps].mean()), 4)
             ratio = np.abs(error[:, steps]).mean() / base_error[:, steps].mean()
-            metrics[f"mae_ratio_to_{name}_{band}"] = round(float(ratio), 4)
-    metrics["test_steps_biased_low"] = int((error.mean(0) < 0).sum())  # of the H steps
+            metrics[f"{lead}mae_ratio_to_{name}_{band}"] = round(float(ratio), 4)
+    metrics[f"{split}_steps_biased_low"] = int((error.mean(0) < 0).sum())  # of the H steps
     return metrics
 
 
@@ -193,3 +206,12 @@ def held_out_comparison(
         ridge_alpha=ridge.alpha, ridge_window=ridge.window, ridge_train_origins=ridge.n_train_origins
     )
     return metrics
+
+
+def validation_comparison(
+    model: Forecaster, y: np.ndarray, val_start: int, test_start: int, horizon: int
+) -> dict[str, Any]:
+    """The same comparison on the validation origins (reported; the test weeks are not read)."""
+    ends = origins(val_start, test_start, horizon)
+    forecasts, _ = baseline_forecasts(y, ends, horizon, val_start, test_start)
+    return comparison_metrics(model(y, ends), forecasts, targets(y, ends, horizon), split="val")
