@@ -45,7 +45,11 @@ SWEEP = [  # label, environment; one setting changed from the defaults at a time
     ("DIRECT_LANE=false", {"MODELSERVE_DIRECT_LANE": "false"}),
     # Where the tail comes from: BentoML's per-request timer lives as long as this timeout...
     ("HTTP_TIMEOUT_S=1", {"MODELSERVE_HTTP_TIMEOUT_S": "1"}),
-    ("HTTP_TIMEOUT_S=60 (BentoML's default)", {"MODELSERVE_HTTP_TIMEOUT_S": "60"}),
+    # (A replaced model version must outlive the longest request: the release grace follows.)
+    (
+        "HTTP_TIMEOUT_S=60 (BentoML's default)",
+        {"MODELSERVE_HTTP_TIMEOUT_S": "60", "MODELSERVE_MODEL_RELEASE_GRACE_S": "60"},
+    ),
     # ...and garbage collection, through the benchmark's GC probe (bench/gc_probe/).
     ("GC freeze off", {"BENCH_GC_MODE": "no-freeze"}),
     ("GC disabled", {"BENCH_GC_MODE": "disabled"}),
@@ -216,7 +220,10 @@ def sweep_run(args: argparse.Namespace) -> dict:
             "revision": revision(),
             "variants": [],
         }
-        for label, overrides in chosen_variants(args):
+        variants = chosen_variants(args)
+        for _label, overrides in variants:  # a setting the service refuses fails now, not a row later
+            resolved_settings(args.store, {**args.env, **overrides})
+        for label, overrides in variants:
             env = {**args.env, **overrides}
             log(f"sweep: {label}")
             with running(starter("service", args, env)) as server:
