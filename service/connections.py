@@ -450,30 +450,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_body_timer(self.limits.body_timeout_s)
             return
         now = self.loop.time()
-        too_slow = self._body_too_slow(now)
+        slow_rate = self._body_rate_below_minimum(now)
         quiet_s = now - self._body_progress_at
-        if quiet_s < self.limits.body_timeout_s and not too_slow:  # it grew since the timer was armed
+        if quiet_s < self.limits.body_timeout_s and slow_rate is None:  # it grew since the timer was armed
             self._arm_body_timer(self.limits.body_timeout_s - quiet_s)
             return
-        if too_slow:
+        if slow_rate is not None:
             detail = (
-                f"the request body arrived at {too_slow:.0f} bytes/s, below the minimum of "
+                f"the request body arrived at {slow_rate:.0f} bytes/s, below the minimum of "
                 f"{self.limits.body_min_rate_bps} bytes/s"
             )
         else:
             detail = f"the request body stopped arriving for {self.limits.body_timeout_s:g} s"
         self._abandon(cycle, 408, "request timeout", detail)
 
-    def _body_too_slow(self, now: float) -> float:
+    def _body_rate_below_minimum(self, now: float) -> float | None:
         """The body's mean rate (bytes/s) if it is below the minimum once the body timeout has
-        passed since it began, else 0: a client that sends a byte just before each pause would
+        passed since it began, else None: a client that sends a byte just before each pause would
         run out would otherwise hold its connection for as long as its body lasts."""
         minimum = self.limits.body_min_rate_bps
         elapsed = now - self._body_started_at
         if not minimum or elapsed < self.limits.body_timeout_s:
-            return 0.0
+            return None
         rate = self._body_bytes / elapsed
-        return max(rate, 1e-9) if rate < minimum else 0.0
+        return rate if rate < minimum else None
 
     def _abandon(self, cycle: Any, status: int, error: str, detail: str, extra=()) -> None:
         """Answer ``status`` for a request whose handler may still run, and close: the handler

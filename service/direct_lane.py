@@ -50,7 +50,7 @@ from pydantic import BaseModel
 from service import request_ids
 from service.errors import ApiError, api_error_handler
 from service.middleware import BodyLimit, ConnectionRecycler, InFlightLimit, log_failed_request
-from service.request_bodies import JsonBody, parse
+from service.request_bodies import JsonBody, json_media_type, parse
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,10 @@ class DirectLane:
                 if length >= 0 or not value.isdigit():
                     return None  # repeated or odd: the ASGI path says what is wrong
                 length = int(value)
-            elif name in (b"transfer-encoding", b"expect"):
-                return None
-            elif name == b"content-type":
-                media = value.split(b";", 1)[0].strip()  # as service.request_bodies reads it
-                if media != b"application/json" and not media.endswith(b"+json"):
-                    return None
+            elif name in (b"transfer-encoding", b"expect") or (
+                name == b"content-type" and json_media_type(value.decode("latin-1")) is None
+            ):
+                return None  # a streamed body, or one the ASGI path answers 415
         if not 0 < length <= self.body_limit:
             return None
         return route

@@ -35,10 +35,16 @@ class BodyReader(Protocol[Body]):
     async def read(self, request: Request) -> Body: ...
 
 
+def json_media_type(content_type: str) -> str | None:
+    """The media type of a ``Content-Type`` header if it declares JSON, else None."""
+    media = content_type.split(";")[0].strip()
+    return media if media == "application/json" or media.endswith("+json") else None
+
+
 def require_json(request: Request) -> None:
     """415 unless the body is declared as JSON (no content-type counts as JSON)."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type != "application/json" and not content_type.endswith("+json"):
+    if json_media_type(content_type) is None:
         raise UnsupportedMediaType(
             f"content-type {content_type!r} is not accepted; send application/json",
             {"content_type": content_type},

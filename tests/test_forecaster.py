@@ -197,14 +197,15 @@ def test_comparison_metrics_per_band_with_known_errors():
 # --- ONNX export of a fresh model -------------------------------------------------------------
 
 
-def test_onnx_export_parity_and_padding(model, series, tmp_path):
+def assert_exports_with_parity(module, example_inputs, series, tmp_path) -> None:
+    """``module`` exports to ONNX and answers as PyTorch does, padded or alone, at any batch."""
     trained = TrainedModel(
         name="forecaster",
         task="time-series-forecasting",
-        module=model,
+        module=module,
         input_names=["history", "lengths"],
         output_names=["forecast"],
-        example_inputs=make_example_inputs(series, model.config, seed=0),
+        example_inputs=example_inputs,
         dynamic_shapes=dynamic_shapes(),
         metrics={},
         training={"seed": 0},
@@ -218,10 +219,14 @@ def test_onnx_export_parity_and_padding(model, series, tmp_path):
     history, lengths = padded(rows, 1500)
     got = run_onnx(session, history, lengths)
     with torch.no_grad():
-        want = model(history, lengths).numpy()
+        want = module(history, lengths).numpy()
     assert np.abs(got - want).max() <= PARITY_ATOL
     alone = np.concatenate([run_onnx(session, *pad_rows([row])) for row in rows])
     assert np.abs(got - alone).max() <= 1e-4
+
+
+def test_onnx_export_parity_and_padding(model, series, tmp_path):
+    assert_exports_with_parity(model, make_example_inputs(series, model.config, seed=0), series, tmp_path)
 
 
 # --- the linear forecaster --------------------------------------------------------------------
@@ -293,30 +298,8 @@ def test_the_backtest_never_reads_the_test_weeks(series):
 
 
 def test_linear_onnx_export_parity_and_padding(linear, series, tmp_path):
-    trained = TrainedModel(
-        name="forecaster",
-        task="time-series-forecasting",
-        module=linear,
-        input_names=["history", "lengths"],
-        output_names=["forecast"],
-        example_inputs=linear_example_inputs(series, linear.config, seed=0),
-        dynamic_shapes=dynamic_shapes(),
-        metrics={},
-        training={"seed": 0},
-        dataset={},
-    )
-    path = tmp_path / "model.onnx"
-    export_onnx(trained, path)
-    assert check_parity(trained, path) <= PARITY_ATOL  # batches 1, 7 and 64
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rows = windows(series, MIXED, seed=1)
-    history, lengths = padded(rows, 1500)
-    got = run_onnx(session, history, lengths)
-    with torch.no_grad():
-        want = linear(history, lengths).numpy()
-    assert np.abs(got - want).max() <= PARITY_ATOL
-    alone = np.concatenate([run_onnx(session, *pad_rows([row])) for row in rows])
-    assert np.abs(got - alone).max() <= 1e-4
+    example_inputs = linear_example_inputs(series, linear.config, seed=0)
+    assert_exports_with_parity(linear, example_inputs, series, tmp_path)
 
 
 # --- the committed model ------------------------------------------------------------------------
