@@ -20,13 +20,14 @@ from training.forecast_baselines import (
     seasonal_naive_step_drift,
     targets,
 )
-from training.forecaster_backtest import FOLDS, backtest
+from training.forecaster_backtest import BOUNDS, FOLDS, backtest, gru_trainer
 from training.forecaster_report import report
 from training.linear_forecast import linear_forecasts, prior_matrix
 from training.models.forecaster import Forecaster, ForecasterConfig
 from training.models.linear_forecaster import LinearForecaster, LinearForecasterConfig
 from training.options import TrainOptions
 from training.train_forecaster import (
+    DRY_RUN_OVERRIDES,
     QUALITY_BAR,
     ForecasterTrainConfig,
     dynamic_shapes,
@@ -295,6 +296,20 @@ def test_the_backtest_never_reads_the_test_weeks(series):
     first, second = backtest(series, [recipe], folds=(2, 7)), backtest(changed, [recipe], folds=(2, 7))
     assert [vars(f) for f in first[recipe.name]] == [vars(f) for f in second[recipe.name]]
     assert min(FOLDS) == 2  # fold 1 would evaluate 1999-2000, half of it test weeks
+
+
+def test_a_trained_candidate_in_the_backtest_never_reads_the_test_weeks(series):
+    """The GRU candidate, trained per fold (tiny here), and its mean with the ridge: same scores
+    whatever the test weeks hold; the bounds, which read the evaluated weeks, are kept apart."""
+    cfg = ForecasterTrainConfig(**{**DRY_RUN_OVERRIDES, "epochs": 1})
+    _, test_start = split_points(len(series), cfg)
+    changed = series.copy()
+    changed[test_start:] += np.random.default_rng(0).normal(0, 5, len(series) - test_start)
+    runs = [backtest(y, [], folds=(2,), trainers={"gru": gru_trainer(cfg)}) for y in (series, changed)]
+    assert {"gru", "mean of gru and the ridge", *BOUNDS} <= set(runs[0])
+    assert [vars(f) for f in runs[0]["gru"]] == [vars(f) for f in runs[1]["gru"]]
+    gru, mean = runs[0]["gru"][0], runs[0]["mean of gru and the ridge"][0]
+    assert gru.mae != mean.mae and mean.ridge_mae == gru.ridge_mae
 
 
 def test_linear_onnx_export_parity_and_padding(linear, series, tmp_path):

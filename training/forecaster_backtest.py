@@ -11,6 +11,14 @@ test window. In each fold the ridge baseline is fitted by its own rule
 (:func:`training.forecast_baselines.fit_ridge`) and each candidate on the fold's training weeks,
 both scored on the fold's 53 evaluation origins, overall and per 13-week band.
 
+``--gru`` adds forecaster/1's own recipe, the GRU trained by :mod:`training.train_forecaster`
+(its epoch chosen on each fold's validation weeks, about 90 s a fold), and the mean of its
+forecasts and the ridge's. Two *bounds* are printed under the candidates: the ridge with its own
+mean error over the evaluated window removed, per window and per window and step. They read the
+evaluated weeks, so they are not candidates; they say how much of the ridge's error is a shared
+offset over a window (mostly a growth rate that changed from its past) that a perfect estimate of
+the coming growth would remove.
+
 The criterion, fixed before any candidate was run: ``score`` is the mean over folds of the
 candidate's MAE / the ridge's MAE; ``band`` scores are the same per band. A candidate is
 eligible if every band score is at most ``BAND_LIMIT`` (a margin under the goal's 1.0); the
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,10 @@ FOLDS = tuple(range(2, 14))  # years cut off the end of the series; j >= 2 keeps
 EVAL_WEEKS = 104  # per fold, like the trainer's test and validation windows
 BAND_LIMIT = 0.95  # eligible: every band's mean ratio to the ridge at most this
 ALPHAS = (1e-2, 1e1, 1e2, 1e3, 1e4, 1e5)
+
+
+Forecasts = Callable[[np.ndarray, list[int]], np.ndarray]  # (y, ends) -> (len(ends), H)
+Trainer = Callable[[np.ndarray], Forecasts]  # a fold's series -> forecasts of the model trained on it
 
 
 def candidates() -> list[LinearRecipe]:
@@ -86,8 +99,48 @@ def score_fold(forecasts: np.ndarray, ridge: np.ndarray, truth: np.ndarray, fold
     )
 
 
-def backtest(y: np.ndarray, recipes: list[LinearRecipe], folds=FOLDS) -> dict[str, list[FoldScore]]:
-    """Each candidate's score in each fold (name -> folds), and the pure priors' as references."""
+def gru_trainer(cfg: Any = None, seed: int = 0) -> Trainer:
+    """forecaster/1's recipe as a backtest candidate: train on a fold's series exactly as
+    ``python -m training`` trains on the whole one (same split rule, epoch chosen on the fold's
+    validation weeks), then forecast from each origin's history."""
+    # torch and the trainer only when a GRU is backtested (the trainer imports this module)
+    from training.common import seed_everything, torch_threads
+    from training.models.forecaster import Forecaster, ForecasterConfig
+    from training.train_forecaster import ForecasterTrainConfig, fit, forecast
+
+    cfg = cfg or ForecasterTrainConfig()
+
+    def train(yj: np.ndarray) -> Forecasts:
+        with torch_threads(cfg.threads):
+            seed_everything(seed)
+            model_cfg = ForecasterConfig(min_length=cfg.min_window)
+            model = Forecaster(model_cfg)
+            fit(model, yj, cfg, np.random.default_rng(seed), model_cfg.max_length)
+        return lambda y, ends: forecast(model, y, ends, model_cfg.max_length, cfg.eval_batch)
+
+    return train
+
+
+BOUNDS = (
+    "bound: ridge less its window's mean error",
+    "bound: ridge less its window's mean error per step",
+)
+
+
+def bounds(ridge: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """The ridge less its own mean error over the evaluated window (these read the truth)."""
+    error = ridge - truth  # (O, H)
+    return dict(zip(BOUNDS, (ridge - error.mean(), ridge - error.mean(0)), strict=True))
+
+
+def backtest(
+    y: np.ndarray,
+    recipes: list[LinearRecipe],
+    folds=FOLDS,
+    trainers: dict[str, Trainer] | None = None,
+) -> dict[str, list[FoldScore]]:
+    """Each candidate's score in each fold (name -> folds): the linear ``recipes``, the models of
+    ``trainers`` (name -> trainer) and their mean with the ridge, the pure priors and the bounds."""
     scores: dict[str, list[FoldScore]] = {}
     test_start = len(y) - EVAL_WEEKS
     for j in folds:
@@ -107,6 +160,13 @@ def backtest(y: np.ndarray, recipes: list[LinearRecipe], folds=FOLDS) -> dict[st
             prior = prior_matrix(years, SEASON * (years + 1), HORIZON)
             forecasts = linear_forecasts(prior, np.zeros(HORIZON), yj, ends)
             name = f"prior(years={years}) alone"
+            scores.setdefault(name, []).append(score_fold(forecasts, ridge, truth, j))
+        for name, train in (trainers or {}).items():
+            forecasts = train(yj)(yj, ends)
+            scores.setdefault(name, []).append(score_fold(forecasts, ridge, truth, j))
+            mean = f"mean of {name} and the ridge"
+            scores.setdefault(mean, []).append(score_fold((forecasts + ridge) / 2, ridge, truth, j))
+        for name, forecasts in bounds(ridge, truth).items():
             scores.setdefault(name, []).append(score_fold(forecasts, ridge, truth, j))
     return scores
 
@@ -138,10 +198,16 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m training.forecaster_backtest", description=__doc__)
     parser.add_argument("--json", type=Path, default=None, help="also write every fold's figures here")
+    parser.add_argument(
+        "--gru",
+        action="store_true",
+        help="also train forecaster/1's recipe in every fold (about 90 s a fold)",
+    )
     args = parser.parse_args(argv)
     y = load_series()[1]
     recipes = candidates()
-    scores = backtest(y, recipes)
+    trainers = {"gru (forecaster/1's recipe)": gru_trainer()} if args.gru else None
+    scores = backtest(y, recipes, trainers=trainers)
     summaries = {name: summary(folds) for name, folds in scores.items()}
     names = [band for band, _ in bands(HORIZON)]
     width = max(map(len, summaries)) + 2
@@ -150,14 +216,25 @@ def main(argv: list[str] | None = None) -> int:
         + "".join(f"{b[6:]:>8}" for b in names)
         + f"{'worst':>7}{'goal':>6}{'bias':>8}"
     )
-    for name, s in sorted(summaries.items(), key=lambda item: item[1]["score"]):
-        print(
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return (
             f"{name:<{width}}{s['score']:>7.3f}{s['pooled']:>8.3f}"
             + "".join(f"{s['bands'][b]:>8.3f}" for b in names)
             + f"{s['worst_fold']:>7.3f}{s['folds_meeting_goal']:>3}/{len(FOLDS):<2}{s['bias']:>+8.3f}"
             + ("" if s["eligible"] else f"  (band > {BAND_LIMIT:.2f})")
         )
-    chosen = choose(summaries, [r.name for r in recipes])
+
+    ranked = sorted(summaries.items(), key=lambda item: item[1]["score"])
+    for name, s in ranked:
+        if name not in BOUNDS:
+            print(row(name, s))
+    print("bounds (they read the evaluated weeks; not candidates):")
+    for name, s in ranked:
+        if name in BOUNDS:
+            print(row(name, s))
+    trained = [n for name in trainers or {} for n in (name, f"mean of {name} and the ridge")]
+    chosen = choose(summaries, [r.name for r in recipes] + trained)
     print(f"chosen: {chosen}")
     if args.json:
         record = {name: [vars(f) for f in folds] for name, folds in scores.items()}
