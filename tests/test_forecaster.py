@@ -287,6 +287,21 @@ def test_linear_model_matches_its_map_and_ignores_padding(linear, series):
     assert torch.allclose(shifted - batch, torch.full_like(batch, 50.0), atol=1e-3)
 
 
+def test_forecaster_2_is_forecaster_1_reading_the_window_chosen_on_validation():
+    """The retrain reproduces forecaster/1's graph byte for byte; only the window it reads differs,
+    and that window is the one with the lowest validation MAE. Its figures are docs/training.md's."""
+    v1, v1_path = load_verified(STORE, "forecaster", 1)
+    v2, v2_path = load_verified(STORE, "forecaster", 2)
+    assert v2.sha256 == v1.sha256 and v2_path.read_bytes() == v1_path.read_bytes()
+    tried = {int(k.rsplit("_", 1)[1]): v for k, v in v2.metrics.items() if k.startswith("val_mae_window_")}
+    assert v2.serving["window"] == min(tried, key=tried.__getitem__) == 156
+    assert "window" not in v1.serving and v1.serving["max_length"] == 1040 in tried
+    _, metrics = report(STORE, 2)
+    assert Gate.evaluate(QUALITY_BAR, metrics).verdict == "passed"
+    assert metrics["mae_ratio_to_ridge"] == pytest.approx(0.866, abs=0.001)
+    assert all(metrics[f"mae_ratio_to_ridge_{band}"] < 1.0 for band, _ in bands(52))
+
+
 def test_the_backtest_never_reads_the_test_weeks(series):
     cfg = ForecasterTrainConfig()
     _, test_start = split_points(len(series), cfg)
@@ -361,7 +376,7 @@ def test_committed_onnx_reproduces_held_out_metrics(committed, series):
     truth = np.stack([y[e : e + H] for e in ends])
     base = np.stack([seasonal_naive_drift(y, e, H) for e in ends])
     for cap, key in [
-        (manifest.serving["max_length"], "test_mae"),
+        (manifest.serving.get("window", manifest.serving["max_length"]), "test_mae"),
         (300, "test_mae_history_300"),
         (500, "test_mae_history_500"),
     ]:
@@ -415,6 +430,12 @@ def test_dry_run_trains_exports_and_publishes_a_rejected_candidate(tmp_path, cap
     assert metrics["onnx_parity_max_abs_diff"] <= PARITY_ATOL
     assert metrics["test_origins"] > 0 and np.isfinite(metrics["test_mae"])
     assert manifest.training["dry_run"] is True and manifest.training["seed"] == 0
+    # the window served is the one with the lowest validation MAE, and the test weeks are read with it
+    tried = {int(k.rsplit("_", 1)[1]): v for k, v in metrics.items() if k.startswith("val_mae_window_")}
+    assert sorted(tried) == sorted(ForecasterTrainConfig().windows)
+    window = manifest.serving["window"]
+    assert tried[window] == min(tried.values()) and metrics["val_mae"] == tried[window]
+    assert metrics["test_history_length"] == window <= manifest.serving["max_length"]
     for plot in ("forecaster_curves.png", "forecaster_forecasts.png"):
         assert (path.parent / plot).stat().st_size > 0
 

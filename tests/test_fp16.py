@@ -32,9 +32,15 @@ HEADLINE = {
 }
 
 
+def committed_versions(name: str) -> tuple[int, int]:
+    """(the committed fp32 version the variant is made from, the variant's version: the next)."""
+    fp32 = latest_version(COMMITTED_STORE, name)
+    return fp32, fp32 + 1
+
+
 @pytest.fixture(scope="module")
 def fp16_store(tmp_path_factory) -> Path:
-    """A copy of the committed store with an fp16 variant (version 2) of each model."""
+    """A copy of the committed store with an fp16 variant of each model's served fp32 version."""
     store = tmp_path_factory.mktemp("fp16") / "model_store"
     shutil.copytree(COMMITTED_STORE, store)
     for name in MODELS:
@@ -44,22 +50,25 @@ def fp16_store(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_variant_is_an_fp16_version_derived_from_fp32(fp16_store: Path, name: str) -> None:
-    fp32, fp32_path = load_verified(fp16_store, name, 1)
-    half, half_path = load_verified(fp16_store, name, 2)
-    assert (half.precision, half.derived_from, fp32.precision) == ("fp16", 1, "fp32")
+    fp32_version, half_version = committed_versions(name)
+    fp32, fp32_path = load_verified(fp16_store, name, fp32_version)
+    half, half_path = load_verified(fp16_store, name, half_version)
+    assert (half.precision, half.derived_from, fp32.precision) == ("fp16", fp32_version, "fp32")
+    assert half.serving == fp32.serving  # the same limits and history window
     assert half.gate.verdict == "passed"
     assert half.inputs == fp32.inputs and half.outputs == fp32.outputs  # clients see no change
     weights = onnx.load(str(half_path)).graph.initializer
     assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) / 2
     assert half_path.stat().st_size < 0.7 * fp32_path.stat().st_size
-    assert latest_version(fp16_store, name) == 1  # fp32 stays the default
-    assert latest_version(fp16_store, name, precision="fp16") == 2
+    assert latest_version(fp16_store, name) == fp32_version  # fp32 stays the default
+    assert latest_version(fp16_store, name, precision="fp16") == half_version
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_variant_matches_fp32_and_keeps_its_quality(fp16_store: Path, name: str) -> None:
-    fp32 = read_manifest(fp16_store / name / "1")
-    half = read_manifest(fp16_store / name / "2")
+    fp32_version, half_version = committed_versions(name)
+    fp32 = read_manifest(fp16_store / name / str(fp32_version))
+    half = read_manifest(fp16_store / name / str(half_version))
     assert 0 < half.metrics["fp16_parity_max_abs_diff"] <= FP16_TOLERANCES[name]
     metric, allowed = HEADLINE[name]
     assert abs(half.metrics[metric] - fp32.metrics[metric]) <= allowed

@@ -10,6 +10,7 @@ import pytest
 
 from harness.server import ServerProcess, bentoml_command, free_port, service_env
 from service.runtime import CPU, CUDA, cuda_device_count
+from store_format import latest_version
 from tests.conftest import COMMITTED_STORE
 
 HAS_GPU = CUDA in ort.get_available_providers() and cuda_device_count() > 0
@@ -45,7 +46,8 @@ def test_the_provider_each_model_got_is_in_v2_metadata_and_metrics(server):
             assert metadata["parameters"]["execution_provider"] == expected
         metrics = client.get("/metrics").text
     for name in ("classifier", "forecaster", "generator"):
+        version = latest_version(COMMITTED_STORE, name)
         assert (
-            f'modelserve_model_provider_info{{model="{name}",provider="{expected}",version="1"}} 1.0'
+            f'modelserve_model_provider_info{{model="{name}",provider="{expected}",version="{version}"}} 1.0'
             in metrics
         )

@@ -104,12 +104,13 @@ def test_a_history_longer_than_the_window_is_answered_from_its_last_window_weeks
     np.testing.assert_array_equal(row, np.float32(record[-window:]))
 
     # the V2 tensors go through the same checks: a padded row of 2,180 values and a short one
+    short = int(serving["min_length"])  # never longer than the window: read as it is
     history = np.zeros((2, len(record) + 5), dtype=np.float32)
     history[0, : len(record)] = record
-    history[1, :200] = record[:200]
-    rows = forecaster.items_from_tensors({"history": history, "lengths": np.array([len(record), 200])})
+    history[1, :short] = record[:short]
+    rows = forecaster.items_from_tensors({"history": history, "lengths": np.array([len(record), short])})
     np.testing.assert_array_equal(rows[0], np.float32(record[-window:]))
-    np.testing.assert_array_equal(rows[1], np.float32(record[:200]))
+    np.testing.assert_array_equal(rows[1], np.float32(record[:short]))
 
     async def answers() -> tuple[dict, dict]:
         full = await forecaster.answer(ForecastRequest(series=[record]))

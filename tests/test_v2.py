@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from store_format import read_manifest
+from store_format import latest_version, read_manifest
 from tests.conftest import COMMITTED_STORE
 from tests.test_service import co2_like, digit_images, metric_values
 
@@ -33,10 +33,11 @@ def test_server_health_and_metadata(client):
 
 @pytest.mark.parametrize("name", ["classifier", "forecaster", "generator"])
 def test_model_metadata_reports_the_manifest_tensors_exactly(client, name):
-    manifest = read_manifest(COMMITTED_STORE / name / "1")
-    assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+    version = str(latest_version(COMMITTED_STORE, name))  # the version a server starts with
+    manifest = read_manifest(COMMITTED_STORE / name / version)
+    assert client.is_model_ready(name) and client.is_model_ready(name, version)
     metadata = client.get_model_metadata(name)
-    assert metadata["name"] == name and metadata["versions"] == ["1"]
+    assert metadata["name"] == name and metadata["versions"] == [version]
     assert metadata["platform"] == "onnxruntime_onnx"
     assert metadata["inputs"] == [spec.to_dict() for spec in manifest.inputs]
     assert metadata["outputs"] == [spec.to_dict() for spec in manifest.outputs]

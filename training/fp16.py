@@ -182,8 +182,8 @@ def classifier_metrics(session: ort.InferenceSession, fp32: Manifest, store: Pat
 def forecaster_metrics(session: ort.InferenceSession, fp32: Manifest, store: Path) -> dict[str, Any]:
     """The forecaster trainer's held-out metrics (MAE, every baseline ratio), from ``session``.
 
-    The training-time figures among them (best epoch, last training loss, probe losses) are
-    the fp32 version's: the fp16 variant was not trained.
+    The training-time figures among them (best epoch, last training loss, probe losses) and the
+    history window are the fp32 version's: the fp16 variant was not trained, nor its window chosen.
     """
     trainer = importlib.import_module(TRAINERS["forecaster"])
     _, y, _ = trainer.load_series()
@@ -198,7 +198,8 @@ def forecaster_metrics(session: ort.InferenceSession, fp32: Manifest, store: Pat
         "probe_end": fp32.metrics.get("probe_loss_end", float("nan")),
     }
     module = OnnxModule(session, config=config)
-    return trainer.held_out_metrics(module, y, trainer.ForecasterTrainConfig(), curves, summary)
+    window = serving.get("window", serving["max_length"])  # versions before the window: max_length
+    return trainer.held_out_metrics(module, y, trainer.ForecasterTrainConfig(), curves, summary, window, {})
 
 
 def generator_metrics(session: ort.InferenceSession, fp32: Manifest, store: Path) -> dict[str, Any]:

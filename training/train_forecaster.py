@@ -1,11 +1,11 @@
 """Train the forecaster on statsmodels' weekly Mauna Loa CO2 series.
 
 Split (by time, never shuffled): the last ``test_weeks`` are held out for the final
-evaluation only; the ``val_weeks`` before them pick the best epoch; everything before that
-trains. Training draws random windows of random length from the training part, so the model
-sees variable-length, right-padded batches. Evaluation uses rolling forecast origins: every
+evaluation only; the ``val_weeks`` before them pick the best epoch and then the history window;
+everything before that trains. Training draws random windows of random length from the training
+part, so the model sees variable-length, right-padded batches. Evaluation uses rolling forecast origins: every
 origin whose next ``horizon`` weeks lie inside the evaluated window, each with all the history
-before it (capped at ``max_length``), compared with the baselines of
+before it (cut to the window chosen on the validation weeks), compared with the baselines of
 :mod:`training.forecast_baselines` (two seasonal-naive-with-drift forms and a ridge regression
 fitted on the training weeks), overall and per 13-week band of the horizon.
 
@@ -107,6 +107,9 @@ class ForecasterTrainConfig:
     test_weeks: int = 104  # held-out final weeks: evaluation only
     val_weeks: int = 104  # weeks before the test window: model selection only
     eval_batch: int = 64  # origins per forward pass in evaluation
+    # history windows (the most recent weeks the model reads) tried on the validation weeks; the
+    # one with the lowest validation MAE is recorded as the manifest's serving.window
+    windows: tuple[int, ...] = (104, 156, 208, 260, 364, 520, 780, 1040)
     # torch intra-op threads: two, torch's default on the 2-core machine that trained the
     # committed model, so that a retrain there reproduces it (thread counts can change rounding)
     threads: int = 2
@@ -300,20 +303,46 @@ def fit(
     return curves, summary
 
 
+def choose_window(
+    model: Forecaster, y: np.ndarray, cfg: ForecasterTrainConfig
+) -> tuple[int, dict[int, float]]:
+    """The history window with the lowest MAE on the validation weeks, and each window's MAE.
+
+    More history is not better beyond a few years (the record's growth keeps changing), so how
+    much the model reads is chosen like its epoch: on the validation weeks, never the test weeks.
+    """
+    model_cfg = model.config
+    assert all(model_cfg.min_length <= w <= model_cfg.max_length for w in cfg.windows), (
+        f"windows {cfg.windows} must lie within [{model_cfg.min_length}, {model_cfg.max_length}]"
+    )
+    val_start, test_start = split_points(len(y), cfg)
+    maes = {w: evaluate(model, y, val_start, test_start, w, cfg.eval_batch)["mae"] for w in cfg.windows}
+    return min(maes, key=maes.__getitem__), maes
+
+
 def held_out_metrics(
-    model: Forecaster, y: np.ndarray, cfg: ForecasterTrainConfig, curves: History, summary: dict[str, float]
+    model: Forecaster,
+    y: np.ndarray,
+    cfg: ForecasterTrainConfig,
+    curves: History,
+    summary: dict[str, float],
+    window: int,
+    val_by_window: dict[int, float],
 ) -> dict[str, Any]:
-    """Test and validation MAE against the baseline, and test MAE at other history caps."""
+    """Test and validation MAE against the baselines with histories cut to ``window`` weeks, the
+    validation MAE of every window tried, and the test MAE at other history caps (reported only)."""
     model_cfg = model.config
     val_start, test_start = split_points(len(y), cfg)
-    test = evaluate(model, y, test_start, len(y), model_cfg.max_length, cfg.eval_batch)
-    val = evaluate(model, y, val_start, test_start, model_cfg.max_length, cfg.eval_batch)
+    test = evaluate(model, y, test_start, len(y), window, cfg.eval_batch)
+    val = evaluate(model, y, val_start, test_start, window, cfg.eval_batch)
     metrics = {
         "test_mae": round(test["mae"], 4),
         "baseline_mae": round(test["baseline_mae"], 4),
         "improvement_vs_baseline": round(1 - test["mae"] / test["baseline_mae"], 4),
         "test_origins": test["origins"],
-        "test_history_length": model_cfg.max_length,
+        "test_history_length": window,
+        "window": window,
+        **{f"val_mae_window_{w}": round(mae, 4) for w, mae in val_by_window.items()},
         "test_weeks": cfg.test_weeks,
         "horizon": model_cfg.horizon,
         "val_mae": round(val["mae"], 4),
@@ -326,7 +355,7 @@ def held_out_metrics(
     }
     metrics.update(
         held_out_comparison(
-            lambda y_, ends: forecast(model, y_, ends, model_cfg.max_length, cfg.eval_batch),
+            lambda y_, ends: forecast(model, y_, ends, window, cfg.eval_batch),
             y,
             val_start,
             test_start,
@@ -392,14 +421,18 @@ def plot_forecasts(
 
 
 def plot_results(
-    model: Forecaster, curves: History, dates: np.ndarray, y: np.ndarray, test_start: int, workdir: Path
+    model: Forecaster,
+    curves: History,
+    dates: np.ndarray,
+    y: np.ndarray,
+    test_start: int,
+    window: int,
+    workdir: Path,
 ) -> list[Path]:
-    """The training curves and the held-out forecasts, as PNGs in ``workdir``."""
+    """The training curves and the held-out forecasts (histories cut to ``window``), as PNGs."""
     return [
         plot_curves(curves, workdir / "forecaster_curves.png", "forecaster training"),
-        plot_forecasts(
-            model, dates, y, test_start, model.config.max_length, workdir / "forecaster_forecasts.png"
-        ),
+        plot_forecasts(model, dates, y, test_start, window, workdir / "forecaster_forecasts.png"),
     ]
 
 
@@ -516,9 +549,10 @@ def train_gru(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedModel
         started = time.perf_counter()
         curves, summary = fit(model, y, cfg, rng, model_cfg.max_length)
         seconds = time.perf_counter() - started
-        metrics = held_out_metrics(model, y, cfg, curves, summary)
+        window, val_by_window = choose_window(model, y, cfg)
+        metrics = held_out_metrics(model, y, cfg, curves, summary, window, val_by_window)
         log.info("forecaster: %s, %.1f s", metrics, seconds)
-        artifacts = plot_results(model, curves, dates, y, test_start, Path(options.workdir))
+        artifacts = plot_results(model, curves, dates, y, test_start, window, Path(options.workdir))
 
     return TrainedModel(
         name="forecaster",
@@ -542,6 +576,7 @@ def train_gru(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedModel
         serving={
             "horizon": model_cfg.horizon,
             "min_length": model_cfg.min_length,
+            "window": window,  # chosen on the validation weeks: longer histories are cut to it
             "max_length": model_cfg.max_length,
             "units": "ppm",
             "frequency": "weekly",
