@@ -73,6 +73,14 @@ def windows(y: np.ndarray, lengths: list[int], seed: int = 0) -> list[np.ndarray
     return [y[e - L : e] for L, e in ((L, int(rng.integers(L, len(y) + 1))) for L in lengths)]
 
 
+def with_test_weeks_changed(series: np.ndarray) -> np.ndarray:
+    """A copy of the series with noise added to its test weeks only."""
+    _, test_start = split_points(len(series), ForecasterTrainConfig())
+    changed = series.copy()
+    changed[test_start:] += np.random.default_rng(0).normal(0, 5, len(series) - test_start)
+    return changed
+
+
 def padded(rows: list[np.ndarray], width: int, fill: float = 0.0):
     """rows right-padded to ``width`` columns with ``fill``: (history, lengths) tensors."""
     history, lengths = pad_rows(rows)
@@ -167,9 +175,7 @@ def test_ridge_learns_trend_plus_season():
 def test_ridge_is_fitted_on_training_weeks_only(series):
     val_start, test_start = split_points(len(series), ForecasterTrainConfig())
     ridge = fit_ridge(series, val_start, test_start, 52)
-    changed_test = series.copy()
-    changed_test[test_start:] += np.random.default_rng(0).normal(0, 5, len(series) - test_start)
-    same = fit_ridge(changed_test, val_start, test_start, 52)
+    same = fit_ridge(with_test_weeks_changed(series), val_start, test_start, 52)
     assert same.alpha == ridge.alpha
     np.testing.assert_array_equal(same.weights, ridge.weights)
     np.testing.assert_array_equal(same.intercept, ridge.intercept)
@@ -293,7 +299,7 @@ def test_forecaster_2_is_forecaster_1_reading_the_window_chosen_on_validation():
     v1, v1_path = load_verified(STORE, "forecaster", 1)
     v2, v2_path = load_verified(STORE, "forecaster", 2)
     assert v2.sha256 == v1.sha256 and v2_path.read_bytes() == v1_path.read_bytes()
-    tried = {int(k.rsplit("_", 1)[1]): v for k, v in v2.metrics.items() if k.startswith("val_mae_window_")}
+    tried = val_mae_by_window(v2.metrics)
     assert v2.serving["window"] == min(tried, key=tried.__getitem__) == 156
     assert "window" not in v1.serving and v1.serving["max_length"] == 1040 in tried
     _, metrics = report(STORE, 2)
@@ -302,12 +308,14 @@ def test_forecaster_2_is_forecaster_1_reading_the_window_chosen_on_validation():
     assert all(metrics[f"mae_ratio_to_ridge_{band}"] < 1.0 for band, _ in bands(52))
 
 
+def val_mae_by_window(metrics: dict) -> dict[int, float]:
+    """The validation MAE of every history window the trainer tried (``val_mae_window_<n>``)."""
+    return {int(k.rsplit("_", 1)[1]): v for k, v in metrics.items() if k.startswith("val_mae_window_")}
+
+
 def test_the_backtest_never_reads_the_test_weeks(series):
-    cfg = ForecasterTrainConfig()
-    _, test_start = split_points(len(series), cfg)
-    recipe = linear_recipe(cfg)
-    changed = series.copy()
-    changed[test_start:] += np.random.default_rng(0).normal(0, 5, len(series) - test_start)
+    recipe = linear_recipe(ForecasterTrainConfig())
+    changed = with_test_weeks_changed(series)
     first, second = backtest(series, [recipe], folds=(2, 7)), backtest(changed, [recipe], folds=(2, 7))
     assert [vars(f) for f in first[recipe.name]] == [vars(f) for f in second[recipe.name]]
     assert min(FOLDS) == 2  # fold 1 would evaluate 1999-2000, half of it test weeks
@@ -317,10 +325,8 @@ def test_a_trained_candidate_in_the_backtest_never_reads_the_test_weeks(series):
     """The GRU candidate, trained per fold (tiny here), and its mean with the ridge: same scores
     whatever the test weeks hold; the bounds, which read the evaluated weeks, are kept apart."""
     cfg = ForecasterTrainConfig(**{**DRY_RUN_OVERRIDES, "epochs": 1})
-    _, test_start = split_points(len(series), cfg)
-    changed = series.copy()
-    changed[test_start:] += np.random.default_rng(0).normal(0, 5, len(series) - test_start)
-    runs = [backtest(y, [], folds=(2,), trainers={"gru": gru_trainer(cfg)}) for y in (series, changed)]
+    trainers = {"gru": gru_trainer(cfg)}
+    runs = [backtest(y, [], folds=(2,), trainers=trainers) for y in (series, with_test_weeks_changed(series))]
     assert {"gru", "mean of gru and the ridge", *BOUNDS} <= set(runs[0])
     assert [vars(f) for f in runs[0]["gru"]] == [vars(f) for f in runs[1]["gru"]]
     gru, mean = runs[0]["gru"][0], runs[0]["mean of gru and the ridge"][0]
@@ -431,7 +437,7 @@ def test_dry_run_trains_exports_and_publishes_a_rejected_candidate(tmp_path, cap
     assert metrics["test_origins"] > 0 and np.isfinite(metrics["test_mae"])
     assert manifest.training["dry_run"] is True and manifest.training["seed"] == 0
     # the window served is the one with the lowest validation MAE, and the test weeks are read with it
-    tried = {int(k.rsplit("_", 1)[1]): v for k, v in metrics.items() if k.startswith("val_mae_window_")}
+    tried = val_mae_by_window(metrics)
     assert sorted(tried) == sorted(ForecasterTrainConfig().windows)
     window = manifest.serving["window"]
     assert tried[window] == min(tried.values()) and metrics["val_mae"] == tried[window]

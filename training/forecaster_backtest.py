@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from training.forecast_baselines import SEASON, bands, fit_ridge, origins, targets
+from training.forecast_baselines import Forecaster as Forecasts  # (y, ends) -> (len(ends), H)
 from training.linear_forecast import LinearRecipe, linear_forecasts, prior_matrix
 
 HORIZON = 52
@@ -47,7 +48,6 @@ BAND_LIMIT = 0.95  # eligible: every band's mean ratio to the ridge at most this
 ALPHAS = (1e-2, 1e1, 1e2, 1e3, 1e4, 1e5)
 
 
-Forecasts = Callable[[np.ndarray, list[int]], np.ndarray]  # (y, ends) -> (len(ends), H)
 Trainer = Callable[[np.ndarray], Forecasts]  # a fold's series -> forecasts of the model trained on it
 
 

@@ -520,6 +520,47 @@ def dataset_record(
 # --- entry point ---------------------------------------------------------------------------
 
 
+def publishable(
+    model: Forecaster | LinearForecaster,
+    example_inputs: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+    dataset: dict[str, Any],
+    window: int,
+    max_length: int,
+    artifacts: list[Path],
+) -> TrainedModel:
+    """A trained forecaster, of either recipe, as the store publishes it: the same tensors, task,
+    quality bar and serving block. ``window`` is the most recent weeks the model reads (the
+    service cuts longer histories to it); ``max_length`` the longest history it is meant for."""
+    config = model.config
+    return TrainedModel(
+        name="forecaster",
+        task="time-series-forecasting",
+        module=model.eval(),
+        input_names=["history", "lengths"],
+        output_names=["forecast"],
+        example_inputs=example_inputs,
+        dynamic_shapes=dynamic_shapes(),
+        metrics=metrics,
+        training=training,
+        dataset=dataset,
+        labels=None,
+        serving={
+            "horizon": config.horizon,
+            "min_length": config.min_length,
+            "window": window,
+            "max_length": max_length,
+            "units": "ppm",
+            "frequency": "weekly",
+            "padding": "right",
+        },
+        artifacts=artifacts,
+        quality_bar=QUALITY_BAR,
+    )
+
+
 def train(options: TrainOptions, cfg: ForecasterTrainConfig | None = None) -> TrainedModel:
     """Train, evaluate and plot the forecaster (``cfg.model``'s recipe); returns it ready for export."""
     cfg = cfg or ForecasterTrainConfig(**(DRY_RUN_OVERRIDES if options.dry_run else {}))
@@ -555,14 +596,9 @@ def train_gru(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedModel
         log.info("forecaster: %s, %.1f s", metrics, seconds)
         artifacts = plot_results(model, curves, dates, y, test_start, window, Path(options.workdir))
 
-    return TrainedModel(
-        name="forecaster",
-        task="time-series-forecasting",
-        module=model.eval(),
-        input_names=["history", "lengths"],
-        output_names=["forecast"],
-        example_inputs=make_example_inputs(y, model_cfg, options.seed),
-        dynamic_shapes=dynamic_shapes(),
+    return publishable(
+        model,
+        make_example_inputs(y, model_cfg, options.seed),
         metrics=metrics,
         training=training_record(
             options,
@@ -573,18 +609,9 @@ def train_gru(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedModel
             loop_seconds=round(seconds, 1),
         ),
         dataset=dataset_record(dates, y, missing, val_start, test_start),
-        labels=None,
-        serving={
-            "horizon": model_cfg.horizon,
-            "min_length": model_cfg.min_length,
-            "window": window,  # chosen on the validation weeks: longer histories are cut to it
-            "max_length": model_cfg.max_length,
-            "units": "ppm",
-            "frequency": "weekly",
-            "padding": "right",
-        },
+        window=window,  # chosen on the validation weeks
+        max_length=model_cfg.max_length,
         artifacts=artifacts,
-        quality_bar=QUALITY_BAR,
     )
 
 
@@ -693,14 +720,9 @@ def train_linear(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedMo
         plot = Path(options.workdir) / "forecaster_forecasts.png"
         artifacts = [plot_forecasts(model, dates, y, test_start, model_cfg.window, plot)]
 
-    return TrainedModel(
-        name="forecaster",
-        task="time-series-forecasting",
-        module=model.eval(),
-        input_names=["history", "lengths"],
-        output_names=["forecast"],
-        example_inputs=linear_example_inputs(y, model_cfg, options.seed),
-        dynamic_shapes=dynamic_shapes(),
+    return publishable(
+        model,
+        linear_example_inputs(y, model_cfg, options.seed),
         metrics=metrics,
         training=training_record(
             options,
@@ -713,16 +735,7 @@ def train_linear(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedMo
         dataset=dataset_record(
             dates, y, missing, val_start, test_start, "reported (also the backtest's latest fold)"
         ),
-        labels=None,
-        serving={
-            "horizon": model_cfg.horizon,
-            "min_length": model_cfg.min_length,
-            "window": model_cfg.window,  # the most recent weeks the model reads: longer histories are cut
-            "max_length": model_cfg.window,
-            "units": "ppm",
-            "frequency": "weekly",
-            "padding": "right",
-        },
+        window=model_cfg.window,  # the recipe's
+        max_length=model_cfg.window,
         artifacts=artifacts,
-        quality_bar=QUALITY_BAR,
     )
