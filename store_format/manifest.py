@@ -5,8 +5,9 @@ A model store is a folder of versioned model artifacts::
     <store>/<name>/<version>/model.onnx
     <store>/<name>/<version>/manifest.json
 
-``training`` writes versions with :func:`publish`; ``service`` reads them with
-:func:`load_verified`. Neither knows the other: this module (plain Python and the
+``training`` writes versions with :func:`publish`, and so does ``python -m store_format
+import`` (:mod:`store_format.importer`) for an ONNX file a user brings; ``service`` reads them
+with :func:`load_verified`. Neither knows the other: this module (plain Python and the
 standard library, no torch, no ONNX Runtime) is their whole interface, and
 ``docs/model-store.md`` describes the same format for people.
 """
@@ -46,6 +47,37 @@ DATATYPES = frozenset(
         "BYTES",
     }
 )
+# The same datatypes as ONNX Runtime names them (NodeArg.type), and as NumPy does.
+ORT_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+NUMPY_DTYPE_NAMES = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",  # ONNX Runtime takes and gives strings as object arrays of str
+}
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # The numeric precision of a graph's weights and arithmetic; its inputs and outputs stay FP32 either way.
 PRECISIONS = ("fp32", "fp16")
@@ -92,7 +124,8 @@ class TensorSpec:
 
 # --- the quality gate ----------------------------------------------------------------------
 
-Verdict = Literal["passed", "rejected", "forced"]
+Verdict = Literal["passed", "rejected", "forced", "unchecked"]
+VERDICTS = ("passed", "rejected", "forced", "unchecked")
 _COMPARISONS = {">=": lambda value, bound: value >= bound, "<=": lambda value, bound: value <= bound}
 
 
@@ -130,10 +163,12 @@ class QualityCheck:
 
 @dataclass(frozen=True)
 class Gate:
-    """A version's quality verdict, decided when it was trained and recorded in its manifest.
+    """A version's quality verdict, decided when it was trained or imported, recorded in its manifest.
 
-    ``rejected`` versions stay in the store for inspection but are never served; ``forced``
-    ones missed a bar and were published anyway on purpose (``--force``).
+    ``passed``: every check was met (there is at least one). ``rejected`` versions stay in the
+    store for inspection but are never served; ``forced`` ones missed a bar and were published
+    anyway on purpose (``--force``). ``unchecked``: nothing was checked (an imported model given
+    no ``--check``); it is served, and says so, since no verdict can claim more than was checked.
     """
 
     checks: tuple[QualityCheck, ...]
@@ -141,19 +176,37 @@ class Gate:
 
     @classmethod
     def evaluate(cls, checks: tuple[QualityCheck, ...], metrics: dict[str, Any], force: bool = False) -> Gate:
+        if not checks:
+            return cls.unchecked()
         if all(check.passes(metrics) for check in checks):
             return cls(tuple(checks), "passed")
         return cls(tuple(checks), "forced" if force else "rejected")
 
+    @classmethod
+    def unchecked(cls) -> Gate:
+        return cls((), "unchecked")
+
     @property
     def servable(self) -> bool:
         return self.verdict != "rejected"
+
+    @property
+    def checked(self) -> bool:
+        """False when no check stands behind the verdict (``unchecked``)."""
+        return self.verdict != "unchecked"
 
     def missed(self, metrics: dict[str, Any]) -> list[QualityCheck]:
         return [check for check in self.checks if not check.passes(metrics)]
 
     def check_consistent(self, metrics: dict[str, Any], model: str) -> None:
         """Refuse a verdict its own checks contradict (a hand-edited manifest)."""
+        if self.verdict == "passed" and not self.checks:
+            raise ManifestError(f"{model}: the manifest says the quality gate passed, but records no check")
+        if self.verdict == "unchecked" and self.checks:
+            raise ManifestError(
+                f"{model}: the manifest says the version is unchecked, but it records checks; "
+                "their verdict is passed, rejected or forced"
+            )
         if self.verdict == "passed" and self.missed(metrics):
             missed = "; ".join(check.describe(metrics) for check in self.missed(metrics))
             raise ManifestError(f"{model}: the manifest says the quality gate passed, but {missed}")
@@ -161,8 +214,11 @@ class Gate:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Gate:
         verdict = data.get("verdict")
-        if verdict not in ("passed", "rejected", "forced"):
-            raise ManifestError(f"gate verdict must be passed, rejected or forced, got {verdict!r}")
+        if verdict not in VERDICTS:
+            raise ManifestError(
+                f"gate verdict must be passed, rejected or forced, or unchecked where nothing was checked; "
+                f"got {verdict!r}"
+            )
         return cls(tuple(QualityCheck.from_dict(c) for c in data.get("checks", [])), verdict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +239,139 @@ def check_history_lengths(serving: dict[str, Any], name: str) -> None:
     for (key_a, a), (key_b, b) in itertools.pairwise(present):
         if a > b:
             raise ManifestError(f"{name}: serving.{key_a} ({a}) is more than serving.{key_b} ({b})")
+
+
+# --- the generic tensor task ----------------------------------------------------------------
+
+# The task of a model imported with ``python -m store_format import``: V2 tensors in, V2 tensors
+# out, no pre- or post-processing, served as its ``serving`` block (a TensorServing) says.
+TENSOR_TASK = "tensor"
+# The limits of the service's own batch policy (service settings' BatchPolicy).
+MAX_BATCH_SIZE_LIMIT = 4096
+MAX_WAIT_MS_LIMIT = 1000.0
+
+
+@dataclass(frozen=True)
+class TensorServing:
+    """How a ``tensor`` model is served: its manifest's ``serving`` block, checked and resolved.
+
+    Every input in the manifest must be fed; only ``outputs`` are returned (and run).
+    ``batch_axis`` 0: requests are concatenated along axis 0, up to ``max_batch_size`` items
+    (rows of axis 0) per run, waiting up to ``max_wait_ms`` for batch mates; only requests whose
+    other dimensions all match may share a run. ``None``: each request is one run on its own
+    (Triton's ``max_batch_size: 0``), and ``max_batch_size`` is 1.
+    """
+
+    batch_axis: int | None
+    max_batch_size: int
+    max_wait_ms: float
+    inputs: tuple[TensorSpec, ...]  # the manifest's inputs: all of them are fed
+    outputs: tuple[TensorSpec, ...]  # the outputs returned, a subset of the manifest's, in order
+    # Symbolic names of dynamic axes as the graph declares them ("batch", "height"), None for
+    # an axis that is static or unnamed; only tensors with at least one name are listed.
+    dim_names: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    batch_axis_reason: str = ""  # how batch_axis was decided, for people
+    description: str = ""
+
+    @property
+    def batched(self) -> bool:
+        return self.batch_axis is not None
+
+    @classmethod
+    def from_serving(
+        cls,
+        serving: dict[str, Any],
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        model: str,
+    ) -> TensorServing:
+        """Check a ``tensor`` manifest's ``serving`` block against its tensors; raise ManifestError."""
+        required = ("batch_axis", "max_batch_size", "max_wait_ms", "outputs")
+        missing = [key for key in required if key not in serving]
+        if missing:
+            raise ManifestError(f"{model}: task {TENSOR_TASK!r} needs serving.{', serving.'.join(missing)}")
+        batch_axis, max_batch_size, max_wait_ms = (
+            serving["batch_axis"],
+            serving["max_batch_size"],
+            serving["max_wait_ms"],
+        )
+        if batch_axis not in (0, None) or isinstance(batch_axis, bool):
+            raise ManifestError(
+                f"{model}: serving.batch_axis must be 0 or null (requests are batched along axis 0 only), "
+                f"got {batch_axis!r}"
+            )
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
+            raise ManifestError(f"{model}: serving.max_batch_size must be an integer, got {max_batch_size!r}")
+        if not 1 <= max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+            raise ManifestError(
+                f"{model}: serving.max_batch_size must be 1 to {MAX_BATCH_SIZE_LIMIT}, got {max_batch_size}"
+            )
+        if batch_axis is None and max_batch_size != 1:
+            raise ManifestError(
+                f"{model}: serving.max_batch_size is {max_batch_size}, but serving.batch_axis is null "
+                "(each request runs on its own): it must be 1"
+            )
+        if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, int | float):
+            raise ManifestError(f"{model}: serving.max_wait_ms must be a number, got {max_wait_ms!r}")
+        if not 0 <= max_wait_ms <= MAX_WAIT_MS_LIMIT:
+            raise ManifestError(
+                f"{model}: serving.max_wait_ms must be 0 to {MAX_WAIT_MS_LIMIT:g}, got {max_wait_ms}"
+            )
+        names = serving["outputs"]
+        if not isinstance(names, list | tuple) or not names or len(set(names)) != len(names):
+            raise ManifestError(
+                f"{model}: serving.outputs must be a non-empty list of distinct names, got {names!r}"
+            )
+        declared = {spec.name: spec for spec in outputs}
+        unknown = [name for name in names if name not in declared]
+        if unknown:
+            raise ManifestError(
+                f"{model}: serving.outputs names {unknown}, which are not outputs of the model; "
+                f"its outputs are {sorted(declared)}"
+            )
+        exposed = tuple(declared[name] for name in names)
+        if batch_axis is not None:
+            for spec in (*inputs, *exposed):
+                if not spec.shape or spec.shape[batch_axis] != -1:
+                    raise ManifestError(
+                        f"{model}: serving.batch_axis is {batch_axis}, but {spec.name!r} has the shape "
+                        f"{list(spec.shape)}, whose axis {batch_axis} is not dynamic"
+                    )
+        dim_names = serving.get("dim_names", {})
+        if not isinstance(dim_names, dict):
+            raise ManifestError(
+                f"{model}: serving.dim_names must map tensor names to lists, got {dim_names!r}"
+            )
+        ranks = {spec.name: len(spec.shape) for spec in (*inputs, *outputs)}
+        for name, dims in dim_names.items():
+            if name not in ranks or not isinstance(dims, list | tuple) or len(dims) != ranks[name]:
+                raise ManifestError(
+                    f"{model}: serving.dim_names[{name!r}] must name each axis of a tensor of the model"
+                )
+            if any(dim is not None and not isinstance(dim, str) for dim in dims):
+                raise ManifestError(f"{model}: serving.dim_names[{name!r}] holds a name that is not a string")
+        return cls(
+            batch_axis=batch_axis,
+            max_batch_size=max_batch_size,
+            max_wait_ms=float(max_wait_ms),
+            inputs=tuple(inputs),
+            outputs=exposed,
+            dim_names={name: tuple(dims) for name, dims in dim_names.items()},
+            batch_axis_reason=str(serving.get("batch_axis_reason", "")),
+            description=str(serving.get("description", "")),
+        )
+
+    def to_serving(self) -> dict[str, Any]:
+        """The ``serving`` block that :meth:`from_serving` reads back."""
+        return {
+            "batch_axis": self.batch_axis,
+            "batch_axis_reason": self.batch_axis_reason,
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "outputs": [spec.name for spec in self.outputs],
+            "dim_names": {name: list(dims) for name, dims in self.dim_names.items()},
+            "description": self.description,
+        }
 
 
 @dataclass(frozen=True)
@@ -213,6 +402,10 @@ class Manifest:
     # field are fp32); derived_from names that fp32 version.
     precision: str = "fp32"
     derived_from: int | None = None
+    # Where an imported model came from (python -m store_format import): its file name, the
+    # graph's producer and opsets. None for a model trained by training/, which records its
+    # seed, configuration and data in training and dataset instead.
+    imported: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -224,11 +417,13 @@ class Manifest:
             raise ManifestError(f"{self.name}: a model needs at least one input and one output")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise ManifestError(f"{self.name}: sha256 must be 64 lowercase hex digits")
-        if "seed" not in self.training:
+        if self.imported is None and "seed" not in self.training:
             raise ManifestError(f"{self.name}: training must record the seed")
         if self.gate is not None:
             self.gate.check_consistent(self.metrics, self.name)
         check_history_lengths(self.serving, self.name)
+        if self.task == TENSOR_TASK:
+            TensorServing.from_serving(self.serving, self.inputs, self.outputs, self.name)
         if self.precision not in PRECISIONS:
             raise ManifestError(f"{self.name}: precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.derived_from is not None and (
@@ -242,6 +437,12 @@ class Manifest:
     def servable(self) -> bool:
         """False for a rejected candidate: kept in the store, never served."""
         return self.gate is None or self.gate.servable
+
+    def tensor_serving(self) -> TensorServing:
+        """How a ``tensor`` model is served (batch axis, limits, exposed outputs)."""
+        if self.task != TENSOR_TASK:
+            raise ManifestError(f"{self.name}: task {self.task!r} has no tensor serving block")
+        return TensorServing.from_serving(self.serving, self.inputs, self.outputs, self.name)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -266,6 +467,7 @@ class Manifest:
                 gate=Gate.from_dict(data["gate"]) if data.get("gate") is not None else None,
                 precision=data.get("precision", "fp32"),
                 derived_from=data.get("derived_from"),
+                imported=data.get("imported"),
             )
         except KeyError as exc:
             raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc
