@@ -11,6 +11,7 @@ import torch
 
 from store_format import Gate, load_verified
 from training import cli
+from training.backtest_folds import BOUNDS, FOLDS, backtest
 from training.export import PARITY_ATOL, TrainedModel, check_parity, export_onnx
 from training.forecast_baselines import (
     RIDGE_WINDOW,
@@ -20,7 +21,7 @@ from training.forecast_baselines import (
     seasonal_naive_step_drift,
     targets,
 )
-from training.forecaster_backtest import BOUNDS, FOLDS, backtest, gru_trainer
+from training.forecaster_backtest import gru_trainer
 from training.forecaster_report import report
 from training.linear_forecast import linear_forecasts, prior_matrix
 from training.models.forecaster import Forecaster, ForecasterConfig

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from store_format import QualityCheck
+from training.backtest_folds import backtest, summary
 from training.common import num_parameters, plot_curves, seed_everything, torch_threads, training_record
 from training.export import TrainedModel
 from training.forecast_baselines import (
@@ -41,7 +42,6 @@ from training.forecast_baselines import (
     targets,
     validation_comparison,
 )
-from training.forecaster_backtest import backtest, summary
 from training.linear_forecast import LinearRecipe, linear_forecasts
 from training.models.forecaster import Forecaster, ForecasterConfig
 from training.models.linear_forecaster import LinearForecaster, LinearForecasterConfig
