@@ -121,5 +121,16 @@ lock-check: $(VENV)/.dev-$(ORT)
 lint-docker: $(VENV)/.dev-$(ORT)
 	$(BIN)/hadolint --no-color container/Dockerfile container/Dockerfile.gpu
 
+# ---- The operations kit (docs/operations.md, docs/security.md) ----
+.PHONY: ops-check
+
+## ops-check: promtool over the Prometheus config, alert rules and their unit tests; haproxy -c over the TLS example; installs prometheus and haproxy from Debian's packages if missing
+ops-check:
+	deploy/ops-host-setup.sh
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+	dir=$$(mktemp -d); TLS_EXAMPLE_DIR=$$dir deploy/tls/run-example.sh --check; status=$$?; rm -rf $$dir; exit $$status
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
