@@ -293,8 +293,10 @@ def _interface(
             if any(axis is not None for axis in names_of_axes):
                 dim_names[name] = names_of_axes
     inputs = tuple(specs[name] for name in input_order)
-    # The manifest lists every tensor output of the graph; serving.outputs says which are returned.
-    outputs = tuple(specs[v.name] for v in graph_outputs if v.name in specs)
+    # The manifest lists the outputs that are returned, in the order --outputs gives them; the
+    # graph's others (which may be anything, a sequence of maps included) are named in
+    # serving.hidden_outputs.
+    outputs = tuple(specs[name] for name in output_order)
     return inputs, outputs, dim_names
 
 
@@ -418,9 +420,9 @@ def _serving(
     proto: onnx.ModelProto,
     options: ImportOptions,
 ) -> TensorServing:
-    exposed_names = list(options.outputs) if options.outputs is not None else [spec.name for spec in outputs]
-    exposed = tuple(next(spec for spec in outputs if spec.name == name) for name in exposed_names)
-    tensors = (*inputs, *exposed)
+    tensors = (*inputs, *outputs)
+    returned = {spec.name for spec in outputs}
+    hidden = tuple(value.name for value in proto.graph.output if value.name not in returned)
     if options.batch_axis == "auto":
         batch_axis, reason = _infer_batch_axis(tensors, dim_names)
     elif options.batch_axis is None:
@@ -454,7 +456,8 @@ def _serving(
         max_batch_size=max_batch_size,
         max_wait_ms=float(max_wait_ms),
         inputs=inputs,
-        outputs=exposed,
+        outputs=outputs,
+        hidden_outputs=hidden,
         dim_names=dim_names,
         batch_axis_reason=reason,
         description=description,
@@ -622,7 +625,6 @@ def describe(result: ImportResult) -> str:
     """What was published, for people: path, version, tensors, batching, verdict."""
     manifest = result.manifest
     serving = manifest.tensor_serving()
-    returned = {spec.name for spec in serving.outputs}
     width = max(len(spec.name) for spec in (*manifest.inputs, *manifest.outputs))
     lines = [
         f"published {manifest.name} version {manifest.version} to {result.version_dir}",
@@ -634,12 +636,9 @@ def describe(result: ImportResult) -> str:
         for spec in specs:
             names = serving.dim_names.get(spec.name)
             axes = f"  axes: {', '.join(axis or '-' for axis in names)}" if names else ""
-            hidden = (
-                "  (not returned: left out by --outputs)"
-                if kind == "outputs" and spec.name not in returned
-                else ""
-            )
-            lines.append(f"    {spec.name:<{width}}  {spec.datatype:<6} {list(spec.shape)}{axes}{hidden}")
+            lines.append(f"    {spec.name:<{width}}  {spec.datatype:<6} {list(spec.shape)}{axes}")
+    if serving.hidden_outputs:
+        lines.append(f"  not returned (left out by --outputs): {', '.join(serving.hidden_outputs)}")
     if serving.batched:
         lines.append(
             f"  batching    along axis {serving.batch_axis}, up to {serving.max_batch_size} per run, "

@@ -255,7 +255,9 @@ MAX_WAIT_MS_LIMIT = 1000.0
 class TensorServing:
     """How a ``tensor`` model is served: its manifest's ``serving`` block, checked and resolved.
 
-    Every input in the manifest must be fed; only ``outputs`` are returned (and run).
+    Every input in the manifest must be fed, and its outputs are the ones returned (and run);
+    ``hidden_outputs`` names the graph's other outputs, left out at import (``--outputs``) and
+    never run, so that a check of the graph against the manifest can account for them.
     ``batch_axis`` 0: requests are concatenated along axis 0, up to ``max_batch_size`` items
     (rows of axis 0) per run, waiting up to ``max_wait_ms`` for batch mates; only requests whose
     other dimensions all match may share a run. ``None``: each request is one run on its own
@@ -266,7 +268,8 @@ class TensorServing:
     max_batch_size: int
     max_wait_ms: float
     inputs: tuple[TensorSpec, ...]  # the manifest's inputs: all of them are fed
-    outputs: tuple[TensorSpec, ...]  # the outputs returned, a subset of the manifest's, in order
+    outputs: tuple[TensorSpec, ...]  # the manifest's outputs: the ones returned
+    hidden_outputs: tuple[str, ...] = ()  # outputs of the graph that are not returned
     # Symbolic names of dynamic axes as the graph declares them ("batch", "height"), None for
     # an axis that is static or unnamed; only tensors with at least one name are listed.
     dim_names: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
@@ -286,7 +289,7 @@ class TensorServing:
         model: str,
     ) -> TensorServing:
         """Check a ``tensor`` manifest's ``serving`` block against its tensors; raise ManifestError."""
-        required = ("batch_axis", "max_batch_size", "max_wait_ms", "outputs")
+        required = ("batch_axis", "max_batch_size", "max_wait_ms")
         missing = [key for key in required if key not in serving]
         if missing:
             raise ManifestError(f"{model}: task {TENSOR_TASK!r} needs serving.{', serving.'.join(missing)}")
@@ -317,21 +320,16 @@ class TensorServing:
             raise ManifestError(
                 f"{model}: serving.max_wait_ms must be 0 to {MAX_WAIT_MS_LIMIT:g}, got {max_wait_ms}"
             )
-        names = serving["outputs"]
-        if not isinstance(names, list | tuple) or not names or len(set(names)) != len(names):
+        hidden = serving.get("hidden_outputs", [])
+        if not isinstance(hidden, list | tuple) or not all(isinstance(name, str) for name in hidden):
+            raise ManifestError(f"{model}: serving.hidden_outputs must be a list of names, got {hidden!r}")
+        returned = sorted({spec.name for spec in outputs} & set(hidden))
+        if returned:
             raise ManifestError(
-                f"{model}: serving.outputs must be a non-empty list of distinct names, got {names!r}"
+                f"{model}: serving.hidden_outputs names {returned}, which are outputs it returns"
             )
-        declared = {spec.name: spec for spec in outputs}
-        unknown = [name for name in names if name not in declared]
-        if unknown:
-            raise ManifestError(
-                f"{model}: serving.outputs names {unknown}, which are not outputs of the model; "
-                f"its outputs are {sorted(declared)}"
-            )
-        exposed = tuple(declared[name] for name in names)
         if batch_axis is not None:
-            for spec in (*inputs, *exposed):
+            for spec in (*inputs, *outputs):
                 if not spec.shape or spec.shape[batch_axis] != -1:
                     raise ManifestError(
                         f"{model}: serving.batch_axis is {batch_axis}, but {spec.name!r} has the shape "
@@ -355,7 +353,8 @@ class TensorServing:
             max_batch_size=max_batch_size,
             max_wait_ms=float(max_wait_ms),
             inputs=tuple(inputs),
-            outputs=exposed,
+            outputs=tuple(outputs),
+            hidden_outputs=tuple(hidden),
             dim_names={name: tuple(dims) for name, dims in dim_names.items()},
             batch_axis_reason=str(serving.get("batch_axis_reason", "")),
             description=str(serving.get("description", "")),
@@ -368,7 +367,7 @@ class TensorServing:
             "batch_axis_reason": self.batch_axis_reason,
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": self.max_wait_ms,
-            "outputs": [spec.name for spec in self.outputs],
+            "hidden_outputs": list(self.hidden_outputs),
             "dim_names": {name: list(dims) for name, dims in self.dim_names.items()},
             "description": self.description,
         }
@@ -439,7 +438,7 @@ class Manifest:
         return self.gate is None or self.gate.servable
 
     def tensor_serving(self) -> TensorServing:
-        """How a ``tensor`` model is served (batch axis, limits, exposed outputs)."""
+        """How a ``tensor`` model is served (batch axis, limits, outputs left out)."""
         if self.task != TENSOR_TASK:
             raise ManifestError(f"{self.name}: task {self.task!r} has no tensor serving block")
         return TensorServing.from_serving(self.serving, self.inputs, self.outputs, self.name)
