@@ -1,7 +1,7 @@
 """The GPU benchmark: in-process ONNX Runtime beside the served throughput, per model.
 
 For each model (/classify, /forecast, /generate): ONNX Runtime alone in this process, through
-the service's own session code (``service.runtime.LoadedModel``: the same provider options and
+the service's own session code (``service.inference.runtime.LoadedModel``: the same provider options and
 IO binding), at batch 1..256; then ``bentoml serve`` of the service on the same provider, driven
 by wrk at concurrency 1..256, with the mean batch size the server formed in each cell (from its
 ``/metrics``). The issue's targets are computed from those figures:
@@ -60,7 +60,7 @@ def missing_gpu() -> str | None:
     """Why CUDA cannot run here, or None when it can."""
     import onnxruntime as ort
 
-    from service.runtime import CUDA, cuda_device_count
+    from service.inference.runtime import CUDA, cuda_device_count
 
     if CUDA not in ort.get_available_providers():
         return (
@@ -139,8 +139,8 @@ def in_process_point(model: Any, endpoint: str, bodies: list[dict], batch: int, 
 
 def in_process_curves(args: argparse.Namespace, bodies: dict[str, list[dict]]) -> list[dict]:
     """Every endpoint's model at every batch size of ``--batches``, in sessions set up like the service's."""
-    from service.runtime import LoadedModel, SessionConfig, preload_cuda_libraries
-    from service.settings import Settings
+    from service.inference.runtime import LoadedModel, SessionConfig, preload_cuda_libraries
+    from service.platform.settings import Settings
 
     preload_cuda_libraries()
     config = SessionConfig.from_settings(Settings(provider=args.provider, intra_op_threads=args.threads))

@@ -41,7 +41,7 @@ SWEEP = [  # label, environment; one setting changed from the defaults at a time
     ("BATCHING=false", {"MODELSERVE_BATCHING": "false"}),
     ("HTTP_TIMEOUT_S=5", {"MODELSERVE_HTTP_TIMEOUT_S": "5"}),
     ("MAX_CONNECTION_AGE_S=0", {"MODELSERVE_MAX_CONNECTION_AGE_S": "0"}),
-    # Every request through ASGI: what the direct lane (service/direct_lane.py) saves.
+    # Every request through ASGI: what the direct lane (service/transport/direct_lane.py) saves.
     ("DIRECT_LANE=false", {"MODELSERVE_DIRECT_LANE": "false"}),
     # Where the tail comes from: BentoML's per-request timer lives as long as this timeout...
     ("HTTP_TIMEOUT_S=1", {"MODELSERVE_HTTP_TIMEOUT_S": "1"}),

@@ -287,7 +287,7 @@ def check_answers(server: MeasuredServer, endpoint: str, bodies: list[dict], ref
 # Run in a child process with the server's environment, so the benchmark's own stays untouched.
 _RESOLVE_SETTINGS = """
 import json
-from service.settings import Settings
+from service.platform.settings import Settings
 s = Settings()
 resolved = {"workers": s.worker_count, "intra_op_threads": s.threads_per_session, "batching": s.batching}
 resolved.update({f"batch.{k}": v for k, v in s.batch.model_dump().items()})

@@ -1,9 +1,18 @@
-"""The BentoML service: process model, lifecycle, readiness and configuration.
+"""The BentoML service, and the one place that wires the service's layers together.
 
 BentoML runs the workers, their start-up and shutdown, ``/livez`` and ``/readyz``, and
-``bentoml build``/``containerize``. The request path is the mounted app in
-``service.routes``; the settings that keep BentoML's per-request cost down are below, each
-measured in docs/benchmarks.md.
+``bentoml build``/``containerize``. The layers (docs/batching.md follows a request through them):
+
+- ``service.platform``: settings, CPU budget, the server's folder, error rendering, request ids;
+- ``service.inference``: ONNX Runtime sessions, pipelines, batching, the registry, metrics;
+- ``service.api``: the routes and their one task handler, the Open Inference Protocol;
+- ``service.transport``: connections, the direct lane, the fast path, middleware, and the
+  hooks into libraries' internals, each checked at start (``service.transport.hooks``).
+
+A task request reaches the one handler (``service.api.handler``) through one of two adapters:
+the app mounted below (ASGI), or the direct lane inside the connection's protocol, which
+each worker builds at start from what the app shares with it. The settings that keep
+BentoML's per-request cost down are below, each measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,18 +25,20 @@ from typing import Any
 import bentoml
 from bentoml._internal.context import server_context
 
-from service import direct_lane
-from service.connections import install as install_connection_guards
-from service.connections import offer_direct_lane
-from service.metrics import record_runtime
-from service.middleware import JsonErrors
-from service.model_watcher import ModelWatcher
-from service.registry import ModelRegistry, WorkerBoard
-from service.request_ids import configure_logging
-from service.routes import INFERENCE_ROUTES, TASK_ROUTES, create_app
-from service.runtime import ProviderUnavailable, SessionConfig
-from service.server_folder import leave_server_folder, use_server_folder
-from service.settings import cpu_budget, get_settings
+from service.api.routes import INFERENCE_ROUTES, create_app
+from service.inference.metrics import record_runtime
+from service.inference.model_watcher import ModelWatcher
+from service.inference.registry import ModelRegistry, WorkerBoard
+from service.inference.runtime import ProviderUnavailable, SessionConfig
+from service.platform.request_ids import configure_logging
+from service.platform.server_folder import leave_server_folder, use_server_folder
+from service.platform.settings import cpu_budget, get_settings
+from service.transport import direct_lane
+from service.transport.connections import install as install_connection_guards
+from service.transport.connections import verify_server
+from service.transport.fast_path import FASTAPI_HOOKS
+from service.transport.hooks import HookMissing, verify
+from service.transport.middleware import JsonErrors
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +47,7 @@ settings = get_settings()
 # worth an INFO line, each with its request id (as JSON lines with MODELSERVE_LOG_FORMAT=json).
 configure_logging(settings.log_format)
 # This server's metrics and ready notes in a folder of its own, which no other server's start
-# can empty (service.server_folder). Before the service below creates any metric.
+# can empty (service.platform.server_folder). Before the service below creates any metric.
 use_server_folder(is_worker=server_context.worker_index is not None)
 # BentoML imports this module before it starts any worker: a provider that can never work
 # here (MODELSERVE_PROVIDER=cuda without a GPU or the GPU build) stops `bentoml serve` now,
@@ -47,13 +58,15 @@ except ProviderUnavailable as exc:
     raise SystemExit(f"modelserve cannot start: {exc}") from None
 # Header, idle and body timeouts, and a drain on SIGTERM that answers instead of resetting:
 # the uvicorn server BentoML builds in each worker, after importing this module, is a guarded
-# one (service.connections; a bad MODELSERVE_*_TIMEOUT_S stops start-up here).
-install_connection_guards()
+# one (service.transport.connections; a bad MODELSERVE_*_TIMEOUT_S stops start-up here).
+# Every hook into a library's internals is checked here (and the rest in each worker at start):
+# one missing stops `bentoml serve` with a line naming it, rather than a server without them.
+try:
+    verify(FASTAPI_HOOKS)
+    install_connection_guards()
+except HookMissing as exc:
+    raise SystemExit(f"modelserve cannot start: {exc}") from None
 app = create_app()
-# The task routes' ordinary JSON requests are answered by the protocol itself, below ASGI
-# (service.direct_lane), unless a middleware it would skip is added: then it is off, logged.
-_lane_routes = direct_lane.lane_routes(TASK_ROUTES)
-offer_direct_lane(lambda asgi_app: direct_lane.build(asgi_app, app, _lane_routes, settings.direct_lane))
 
 
 @bentoml.service(
@@ -86,9 +99,25 @@ class ModelService:
         app.state.registry = self.registry
         app.state.is_ready = self.__is_ready__
         app.state.readiness = self.readiness
-        self._record_sizing()
 
-    def _record_sizing(self) -> None:
+    def _open_direct_lane(self) -> str:
+        """Check the hooks only a built server shows, and give its connections the direct lane
+        (or none, and why). A missing hook stops this worker at once, naming it."""
+        try:
+            config = verify_server()
+        except HookMissing as exc:
+            log.critical("modelserve cannot start: %s", exc)
+            logging.shutdown()
+            os._exit(3)  # not SystemExit: uvicorn's lifespan would log it and serve on
+        lane, why = direct_lane.build(config.loaded_app, app, app.state.lane_parts, settings.direct_lane)
+        config.use_lane(lane)
+        if lane is None:
+            log.info("direct lane off, every request goes through ASGI: %s", why)
+        else:
+            log.info("direct lane on for %s", ", ".join(lane.paths.values()))
+        return why
+
+    def _record_sizing(self, lane: str) -> None:
         """Say how this server was sized, in the log and in /metrics (modelserve_runtime_info)."""
         budget = cpu_budget()
         providers = ",".join(sorted({p.model.provider for p in self.registry.pipelines.values()})) or "none"
@@ -105,7 +134,7 @@ class ModelService:
             budget.affinity_cpus,
         )
         record_runtime(
-            settings.worker_count, settings.threads_per_session, providers, budget.cpus, budget.source
+            settings.worker_count, settings.threads_per_session, providers, budget.cpus, budget.source, lane
         )
 
     @bentoml.on_startup
@@ -115,6 +144,7 @@ class ModelService:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*settings.gc_thresholds)
+        self._record_sizing(self._open_direct_lane())
         if self.registry.ready:
             self.board.announce_ready()
         # New model versions are swapped in by a background task of this worker's event loop.

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import Batcher, BatcherClosed, BatchSizeMismatch, QueueFull, QueueTimeout
+from service.inference.batcher import Batcher, BatcherClosed, BatchSizeMismatch, QueueFull, QueueTimeout
 
 # A safety net for tests that would otherwise hang on a bug; not a speed measurement.
 GUARD_S = 10

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cpu_budget import CpuBudget, detect_cpu_budget
+from service.platform.cpu_budget import CpuBudget, detect_cpu_budget
 
 # /proc/self/mountinfo lines as a host with both hierarchies (hybrid, like these machines) shows them.
 V1_CPU_MOUNT = "32 31 0:29 {root} /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct"

@@ -24,9 +24,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service import metrics
-from service.cpu_budget import CpuBudget
-from service.settings import Settings
+from service.inference import metrics
+from service.platform.cpu_budget import CpuBudget
+from service.platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -182,7 +182,7 @@ def test_the_service_monitor_scrapes_the_services_metrics_port():
 
 
 def test_the_custom_metric_hpa_reads_a_metric_the_service_exports():
-    """HPA metric name = the prometheus-adapter rule's name = a gauge in service/metrics.py."""
+    """HPA metric name = the prometheus-adapter rule's name = a gauge in service/inference/metrics.py."""
     hpa = the(rendered("overlays/custom-metrics"), "HorizontalPodAutoscaler")
     [pods_metric] = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     name = pods_metric["metric"]["name"]

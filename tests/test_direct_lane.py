@@ -1,4 +1,4 @@
-"""The direct lane (service.direct_lane): the same answers as the ASGI path, and never a
+"""The direct lane (service.transport.direct_lane): the same answers as the ASGI path, and never a
 middleware skipped.
 
 Against a real ``bentoml serve``: a task request the lane answers and the same request sent
@@ -18,8 +18,7 @@ import httpx
 import pytest
 
 from harness.server import bentoml_command, service_env, start_server
-from service.direct_lane import DirectLane, LaneRoute
-from service.schemas import ClassifyRequest
+from service.transport.direct_lane import DirectLane, LaneParts
 from tests.conftest import COMMITTED_STORE, START_TIMEOUT_S
 
 DIGIT = [[0, 0, 5, 13, 9, 1, 0, 0]] * 8
@@ -33,7 +32,7 @@ BAD = [
     ("/classify", {"images": "nope"}, "application/json"),
     ("/forecast", {"series": [[1.0, 2.0]]}, "application/json"),  # too short a history
     ("/generate", {"labels": [10]}, "application/json"),
-    ("/classify", {"images": [DIGIT]}, "text/plain"),  # not JSON: the lane never takes it
+    ("/classify", {"images": [DIGIT]}, "text/plain"),  # not JSON: 415 from the one handler
     ("/classify", {"images": [DIGIT]}, "Application/JSON"),  # media types are read as sent
 ]
 
@@ -76,7 +75,7 @@ def test_the_lane_is_on_in_every_worker_and_says_so(server):
             with server.client() as fresh:
                 assert post(fresh, "/classify", GOOD["/classify"]).status_code == 200
         assert http.get("/readyz").status_code == 200
-    assert "direct lane on for /classify, /forecast, /generate" in server.log_text()
+    assert "direct lane on for /classify, /classify_image, /forecast, /generate" in server.log_text()
     assert "direct lane off" not in server.log_text()
 
 
@@ -125,7 +124,7 @@ def test_a_middleware_added_the_ordinary_way_applies_to_task_routes_and_turns_th
 # --- which requests the lane takes (the real object, no server) ---------------------------------
 
 
-LANE = DirectLane(None, [LaneRoute("/classify", "classifier", ClassifyRequest)], 1000, None, None)
+LANE = DirectLane(LaneParts(None, ("/classify",), 1000, None, None), timeout_s=2.0)
 HEADERS = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", b"100")]
 
 
@@ -151,10 +150,10 @@ HEADERS = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-l
         (b"POST", b"/classify", [*HEADERS[:2], (b"content-length", b"+100")], False),
         (b"POST", b"/classify", [*HEADERS, (b"transfer-encoding", b"chunked")], False),
         (b"POST", b"/classify", [*HEADERS, (b"expect", b"100-continue")], False),
-        (b"POST", b"/classify", [(b"content-type", b"text/plain"), HEADERS[2]], False),
-        (b"POST", b"/classify", [(b"content-type", b"Application/JSON"), HEADERS[2]], False),  # a 415
-        (b"POST", b"/classify", [(b"content-type", b"multipart/form-data; boundary=x"), HEADERS[2]], False),
+        # Any media type: the one handler answers 415 as the ASGI path does.
+        (b"POST", b"/classify", [(b"content-type", b"text/plain"), HEADERS[2]], True),
+        (b"POST", b"/classify", [(b"content-type", b"Application/JSON"), HEADERS[2]], True),
     ],
 )
 def test_which_requests_the_lane_takes(method, url, headers, taken):
-    assert (LANE.route_for(method, url, headers) is not None) == taken
+    assert (LANE.path_for(method, url, headers) is not None) == taken

@@ -1,4 +1,4 @@
-"""The one fast path (service/fast_path.py), in process: the service's real app, real models.
+"""The one fast path (service/transport/fast_path.py), in process: the service's real app, real models.
 
 Middleware and exception handlers added the ordinary FastAPI way must reach the routes the
 fast path serves, and what the fast path cannot honour must be refused when it is declared.
@@ -16,11 +16,12 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
-from service.errors import InvalidInput, json_response
-from service.fast_path import FastPathApp, FastRoute
-from service.registry import ModelRegistry
-from service.routes import create_app
-from service.settings import Settings
+from service.platform.errors import InvalidInput
+from service.transport.responses import json_response
+from service.transport.fast_path import FastPathApp, FastRoute
+from service.inference.registry import ModelRegistry
+from service.api.routes import create_app
+from service.platform.settings import Settings
 from tests.conftest import COMMITTED_STORE
 from tests.test_service import digit_images
 
@@ -103,10 +104,12 @@ def test_an_exception_handler_added_the_fastapi_way_answers_the_fast_paths_error
         return JSONResponse({"error": f"handled: {exc}"}, status_code=418)
 
     app.add_exception_handler(InvalidInput, teapot)
-    response = call(app, "POST", "/classify", json={"images": []})
-    assert response.status_code == 418 and response.json()["error"].startswith("handled: ")
     v2 = call(app, "POST", "/v2/models/classifier/infer", json={"inputs": []})
-    assert v2.status_code == 418
+    assert v2.status_code == 418 and v2.json()["error"].startswith("handled: ")
+    # A task route answers through its one handler (service.api.handler), whichever path
+    # carried it, so that the direct lane and ASGI cannot differ: its errors are rendered there.
+    task = call(app, "POST", "/classify", json={"images": []})
+    assert task.status_code == 400 and "request_id" in task.json()
 
 
 def test_the_stack_is_assembled_at_start_up_and_later_middleware_is_refused(app):

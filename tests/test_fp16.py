@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from service.registry import version_to_serve
-from service.runtime import ModelLoadError
-from service.settings import Settings
+from service.inference.registry import version_to_serve
+from service.inference.runtime import ModelLoadError
+from service.platform.settings import Settings
 from store_format import ManifestError, latest_version, list_versions, load_verified, read_manifest
 from tests.conftest import COMMITTED_STORE, serve
 from tests.test_service import digit_images

@@ -11,7 +11,7 @@ import pytest
 
 from bench.gpu import BEGIN, END, items_per_s_at, markdown, targets, write_docs
 from harness.server import ROOT
-from service.runtime import CUDA, cuda_device_count
+from service.inference.runtime import CUDA, cuda_device_count
 
 HAS_GPU = CUDA in ort.get_available_providers() and cuda_device_count() > 0
 CURVE = [

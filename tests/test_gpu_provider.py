@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from harness.server import ServerProcess, bentoml_command, free_port, service_env
-from service.runtime import CPU, CUDA, cuda_device_count
+from service.inference.runtime import CPU, CUDA, cuda_device_count
 from store_format import latest_version
 from tests.conftest import COMMITTED_STORE
 

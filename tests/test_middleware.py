@@ -11,8 +11,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from service.middleware import ConnectionRecycler, InFlightLimit, JsonErrors
-from service.settings import SettingsError, get_settings
+from service.transport.middleware import Admission, ConnectionRecycler, InFlightLimit, JsonErrors, Recycling
+from service.platform.settings import SettingsError, get_settings
 
 
 def echo_app() -> Starlette:
@@ -34,7 +34,7 @@ async def get(app, client: tuple[str, int]) -> httpx.Response:
 
 
 def test_a_connection_is_asked_to_reconnect_once_it_is_past_its_age():
-    app = ConnectionRecycler(echo_app(), max_age_s=0.2)  # due after 0.15 to 0.25 s
+    app = ConnectionRecycler(echo_app(), Recycling(max_age_s=0.2))  # due after 0.15 to 0.25 s
     a, b = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
 
     async def scenario() -> list[bool]:
@@ -48,7 +48,7 @@ def test_a_connection_is_asked_to_reconnect_once_it_is_past_its_age():
 
 
 def test_responses_are_otherwise_untouched():
-    app = ConnectionRecycler(echo_app(), max_age_s=0.01)
+    app = ConnectionRecycler(echo_app(), Recycling(max_age_s=0.01))
 
     async def scenario() -> list[httpx.Response]:
         first = await get(app, ("10.0.0.1", 1))
@@ -62,7 +62,7 @@ def test_responses_are_otherwise_untouched():
 
 
 def test_connections_the_client_closed_are_forgotten():
-    app = ConnectionRecycler(echo_app(), max_age_s=0.05)
+    app = ConnectionRecycler(echo_app(), Recycling(max_age_s=0.05))
 
     async def scenario() -> None:
         for port in range(200):  # 200 one-request connections
@@ -71,13 +71,13 @@ def test_connections_the_client_closed_are_forgotten():
         await get(app, ("10.0.0.9", 1))  # a new connection, after the others' age
 
     asyncio.run(scenario())
-    assert len(app.deadlines) == 1, "entries of long-gone connections were kept"
+    assert len(app.recycling.deadlines) == 1, "entries of long-gone connections were kept"
 
 
 def test_recycling_is_paced_by_the_connections_held():
     # pace 1 above 4 connections: at most one close per (connections held) requests, however
     # many are past their age
-    app = ConnectionRecycler(echo_app(), max_age_s=0.05, pace=1, paced_above=4)
+    app = ConnectionRecycler(echo_app(), Recycling(max_age_s=0.05, pace=1, paced_above=4))
     clients = [("10.0.0.1", port) for port in range(8)]
 
     async def scenario() -> list[bool]:
@@ -96,7 +96,7 @@ def test_recycling_is_paced_by_the_connections_held():
 @pytest.mark.parametrize("pace, paced_above", [(0, 4), (1, 8)])
 def test_unpaced_recycling_closes_every_connection_past_its_age(pace, paced_above):
     # no pace, or no more connections than the pace starts at
-    app = ConnectionRecycler(echo_app(), max_age_s=0.05, pace=pace, paced_above=paced_above)
+    app = ConnectionRecycler(echo_app(), Recycling(max_age_s=0.05, pace=pace, paced_above=paced_above))
     clients = [("10.0.0.1", port) for port in range(8)]
 
     async def scenario() -> list[bool]:
@@ -127,11 +127,11 @@ def held_app(release: asyncio.Event) -> Starlette:
 def test_requests_beyond_the_in_flight_limit_are_refused_at_once_with_retry_after():
     async def scenario():
         release = asyncio.Event()
-        limited = InFlightLimit(held_app(release), limit=2, retry_after_s=3)
+        limited = InFlightLimit(held_app(release), Admission(limit=2, retry_after_s=3))
         transport = httpx.ASGITransport(app=limited)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             held = [asyncio.create_task(http.get("/hold")) for _ in range(2)]
-            while limited.in_flight < 2:  # both admitted and waiting
+            while limited.admission.in_flight < 2:  # both admitted and waiting
                 await asyncio.sleep(0.001)
             refused = await http.post("/", content=b"x" * 10_000)
             metrics = await http.get("/metrics")  # exempt: always served
@@ -145,30 +145,30 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once_with_retry_afte
     assert refused.headers["retry-after"] == "3"
     assert refused.headers["content-type"] == "application/json"
     body = refused.json()
-    assert set(body) == {"error", "detail"} and "overloaded" in body["error"]
+    assert set(body) == {"error", "detail", "request_id"} and "overloaded" in body["error"]
     assert body["detail"]["limit_per_worker"] == 2 and body["detail"]["retry_after_s"] == 3
     assert metrics.status_code == 200
     assert [r.text for r in answered] == ["held", "held"]
     assert after.status_code == 200 and after.text == "ok"
-    assert limited.in_flight == 0
+    assert limited.admission.in_flight == 0
 
 
 def test_a_refusal_gets_a_request_id_and_one_summary_log_line_not_one_per_request(caplog):
     async def scenario() -> list[httpx.Response]:
         release = asyncio.Event()
-        limited = InFlightLimit(held_app(release), limit=1, log_every_s=3600)
+        limited = InFlightLimit(held_app(release), Admission(limit=1, log_every_s=3600))
         app = JsonErrors(limited)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             held = asyncio.create_task(http.get("/hold"))
-            while limited.in_flight < 1:
+            while limited.admission.in_flight < 1:
                 await asyncio.sleep(0.001)
             refused = [await http.get("/", headers={"x-request-id": f"burst-{i}"}) for i in range(5)]
             release.set()
             await held
         return refused
 
-    with caplog.at_level(logging.INFO, logger="service.middleware"):
+    with caplog.at_level(logging.INFO, logger="service.transport.middleware"):
         refused = asyncio.run(scenario())
     assert [r.status_code for r in refused] == [503] * 5
     assert [r.json()["request_id"] for r in refused] == [f"burst-{i}" for i in range(5)]
@@ -181,7 +181,7 @@ def test_a_failure_inside_still_frees_its_place():
     async def fail(_) -> PlainTextResponse:
         raise RuntimeError("boom")
 
-    limited = InFlightLimit(Starlette(routes=[Route("/", fail)]), limit=1)
+    limited = InFlightLimit(Starlette(routes=[Route("/", fail)]), Admission(limit=1))
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=limited, raise_app_exceptions=False)
@@ -190,7 +190,7 @@ def test_a_failure_inside_still_frees_its_place():
                 assert (await http.get("/")).status_code == 500
 
     asyncio.run(scenario())
-    assert limited.in_flight == 0
+    assert limited.admission.in_flight == 0
 
 
 def test_overload_settings_are_read_from_the_environment_and_checked(monkeypatch):

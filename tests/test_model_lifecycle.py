@@ -30,9 +30,9 @@ import psutil
 import pytest
 from prometheus_client import REGISTRY
 
-from service.model_watcher import ModelWatcher
-from service.registry import ModelRegistry
-from service.settings import Settings
+from service.inference.model_watcher import ModelWatcher
+from service.inference.registry import ModelRegistry
+from service.platform.settings import Settings
 from store_format import Gate, QualityCheck, publish, read_manifest
 from tests.conftest import COMMITTED_STORE, Server, serve
 from tests.test_reliability import break_for_onnx_runtime
@@ -265,7 +265,7 @@ def test_a_model_whose_only_version_is_removed_stays_served_from_memory(store_co
         assert answer["probabilities"].shape == (1, 10)
         await registry.close()
 
-    with caplog.at_level(logging.WARNING, logger="service.model_watcher"):
+    with caplog.at_level(logging.WARNING, logger="service.inference.model_watcher"):
         asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records if "folder is gone" in r.getMessage()]
     assert warnings == [

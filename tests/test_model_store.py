@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from service.runtime import NUMPY_DTYPES
+from service.inference.runtime import NUMPY_DTYPES
 from store_format import list_models, list_versions, load_verified
 from tests.conftest import COMMITTED_STORE
 

@@ -8,12 +8,12 @@ import httpx
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput
-from service.pipelines import PIPELINES, Pipeline
-from service.registry import ModelRegistry
-from service.routes import TASK_ROUTES, create_app
-from service.schemas import ForecastRequest
-from service.settings import BatchPolicy, Settings
+from service.platform.errors import InvalidInput
+from service.inference.pipelines import PIPELINES, Pipeline
+from service.inference.registry import ModelRegistry
+from service.api.routes import TASK_ROUTES, create_app
+from service.inference.schemas import ForecastRequest
+from service.platform.settings import BatchPolicy, Settings
 from tests.conftest import COMMITTED_STORE
 from tests.test_service import co2_like, metric_values
 

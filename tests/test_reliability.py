@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from harness.server import ServerProcess, bentoml_command, free_port, service_env
-from service.server_folder import folder_of
+from service.platform.server_folder import folder_of
 from store_format import read_manifest
 from tests.conftest import COMMITTED_STORE, serve
 from tests.test_service import co2_like, digit_images, metric_values
@@ -233,7 +233,7 @@ def test_a_refused_image_is_named_by_its_one_real_fault(server, images, field):
 
 def test_an_unexpected_error_keeps_its_class_and_text_out_of_the_body():
     """The one place no client input reaches: a route that fails, on the service's own app."""
-    from service.routes import create_app
+    from service.api.routes import create_app
 
     app = create_app()
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.runtime import (
+from service.inference.runtime import (
     CPU,
     CUDA,
     TENSORRT,
@@ -21,7 +21,7 @@ from service.runtime import (
     provider_options,
     tensorrt_profile,
 )
-from service.settings import GPU_MAX_BATCH_SIZE, Settings, SettingsError, get_settings
+from service.platform.settings import GPU_MAX_BATCH_SIZE, Settings, SettingsError, get_settings
 from tests.conftest import COMMITTED_STORE
 
 HAS_GPU = CUDA in ort.get_available_providers() and cuda_device_count() > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, SettingsError, get_settings
+from service.platform.settings import Settings, SettingsError, get_settings
 
 
 @pytest.fixture(autouse=True)

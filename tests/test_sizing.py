@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from service.settings import Settings, cpu_budget
+from service.platform.settings import Settings, cpu_budget
 from tests.conftest import serve
 
 

@@ -1,6 +1,6 @@
 """Slow and stalled clients against a real ``bentoml serve``, over raw sockets.
 
-The server runs with 2 s header, idle and body timeouts (``service.connections``) and a 64 KiB
+The server runs with 2 s header, idle and body timeouts (``service.transport.connections``) and a 64 KiB
 body limit. Each client below would hold its connection as long as it liked without them:
 headers dripped one byte a second, a connection that sends nothing, a keep-alive connection
 left idle, a body that stops half way, a chunked body that goes on past the 413. Meanwhile
@@ -28,7 +28,7 @@ import pytest
 import uvicorn.server
 from uvicorn.protocols.http import httptools_impl
 
-from service.settings import SettingsError, get_settings
+from service.platform.settings import SettingsError, get_settings
 from tests.conftest import Server, serve
 
 TIMEOUT_S = 2  # header, idle and body timeouts of the server under test
@@ -267,10 +267,10 @@ def test_other_clients_are_served_while_slow_ones_hold_connections(guarded):
 
 
 def test_the_places_service_connections_hooks_into_are_still_there():
-    """Fails when a new BentoML or uvicorn moves what service.connections relies on."""
+    """Fails when a new BentoML or uvicorn moves what service.transport.connections relies on."""
     from _bentoml_impl.worker import service as bentoml_worker
 
-    from service.connections import GuardedConfig, GuardedHttpToolsProtocol
+    from service.transport.connections import GuardedConfig, GuardedHttpToolsProtocol
 
     # BentoML's worker builds its server with uvicorn.Config, looked up at call time, and
     # leaves the protocol to uvicorn (GuardedConfig chooses ours).
@@ -324,7 +324,7 @@ def test_the_places_service_connections_hooks_into_are_still_there():
     from circus.controller import Controller
     from circus.sighandler import SysHandler
 
-    from service.connections import _stop_listening_at_sigterm
+    from service.transport.connections import _stop_listening_at_sigterm
 
     _stop_listening_at_sigterm()  # what install() does in the arbiter
     assert getattr(SysHandler.handle_term, "stops_listening", False)

@@ -18,13 +18,14 @@ from fastapi import Path as PathParameter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from service import schemas
-from service.errors import InvalidInput, json_response
-from service.fast_path import FastRoute
-from service.pipelines import Pipeline
-from service.registry import registry_of
-from service.request_bodies import parse, require_json
-from service.runtime import NUMPY_DTYPES
+from service.api.handler import registry_of
+from service.api.request_bodies import parse, require_json
+from service.inference import schemas
+from service.inference.pipelines import Pipeline
+from service.inference.runtime import NUMPY_DTYPES
+from service.platform.errors import InvalidInput
+from service.transport.fast_path import FastRoute
+from service.transport.responses import json_response
 from store_format import Manifest, TensorSpec
 
 SERVER_NAME = "modelserve"
@@ -431,7 +432,7 @@ async def _answer_infer(request: Request, name: str, version: str | None) -> Res
 async def _infer(request: Request, pipeline: Pipeline) -> Response:
     header_length = request.headers.get(HEADER_LENGTH)
     if header_length is None:
-        require_json(request)
+        require_json(request.headers.get("content-type"))
     header, binary = split_body(await request.body(), header_length)
     infer_request = parse(header, InferRequest)
     manifest = pipeline.model.manifest

@@ -3,24 +3,25 @@
 Bodies are validated by the schemas' compiled pydantic validators straight from the raw
 bytes (FastAPI's parameter injection would double a small request's CPU). Each reader also
 carries the OpenAPI description of its body, so that a route's entry in the route table
-(``service.routes``) names one thing for both reading and documenting.
+(``service.api.routes``) names one thing for both reading and documenting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.errors import InvalidInput, UnsupportedMediaType, invalid_body
-from service.images import digit_from_image
-from service.schemas import UploadedDigit
-from service.settings import get_settings
+from service.inference.images import digit_from_image
+from service.inference.schemas import UploadedDigit
+from service.platform.errors import InvalidInput, UnsupportedMediaType, invalid_body
+from service.platform.settings import get_settings
 
 Body = TypeVar("Body", covariant=True)
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -32,7 +33,7 @@ class BodyReader(Protocol[Body]):
     # FastAPI's ``openapi_extra`` that documents the body (the handler reads it, not FastAPI).
     openapi: dict[str, Any]
 
-    async def read(self, request: Request) -> Body: ...
+    async def read(self, body: bytes, content_type: str | None) -> Body: ...
 
 
 def json_media_type(content_type: str) -> str | None:
@@ -41,9 +42,9 @@ def json_media_type(content_type: str) -> str | None:
     return media if media == "application/json" or media.endswith("+json") else None
 
 
-def require_json(request: Request) -> None:
+def require_json(content_type: str | None) -> None:
     """415 unless the body is declared as JSON (no content-type counts as JSON)."""
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    content_type = (content_type or "application/json").split(";")[0].strip()
     if json_media_type(content_type) is None:
         raise UnsupportedMediaType(
             f"content-type {content_type!r} is not accepted; send application/json",
@@ -76,9 +77,9 @@ class JsonBody(Generic[Schema]):
             }
         }
 
-    async def read(self, request: Request) -> Schema:
-        require_json(request)
-        return parse(await request.body(), self.schema)
+    async def read(self, body: bytes, content_type: str | None) -> Schema:
+        require_json(content_type)
+        return parse(body, self.schema)
 
 
 class PictureUpload:
@@ -105,17 +106,20 @@ class PictureUpload:
         }
     }
 
-    async def read(self, request: Request) -> UploadedDigit:
-        content_type = request.headers.get("content-type", "")
+    async def read(self, body: bytes, content_type: str | None) -> UploadedDigit:
+        content_type = content_type or ""
         if not content_type.startswith("multipart/form-data"):
             raise UnsupportedMediaType(
                 "send the image as multipart/form-data in a field named 'image'",
                 {"content_type": content_type},
             )
+        parser = MultiPartParser(
+            Headers({"content-type": content_type}), _chunks(body), max_files=1, max_fields=4
+        )
         try:
-            form = await request.form(max_files=1, max_fields=4)
-        except HTTPException as exc:  # malformed multipart
-            raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
+            form = await parser.parse()
+        except MultiPartException as exc:  # malformed multipart
+            raise InvalidInput(f"malformed multipart body: {exc.message}") from None
         try:
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
@@ -128,6 +132,11 @@ class PictureUpload:
             _decoder(), digit_from_image, data, get_settings().max_image_pixels
         )
         return UploadedDigit(pixels)
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    """The body as the stream Starlette's multipart parser reads (the body is read already)."""
+    yield body
 
 
 @functools.cache

@@ -1,14 +1,13 @@
 """The HTTP routes: the task route table, its one handler, and the app that serves them.
 
-A FastAPI app (:class:`~service.fast_path.FastPathApp`), mounted into the BentoML service
+A FastAPI app (:class:`~service.transport.fast_path.FastPathApp`), mounted into the BentoML service
 (``service.bento_service``), so that BentoML merges its OpenAPI document into
-``/docs.json``. Every route is a :class:`~service.fast_path.FastRoute`: documented by
-FastAPI, served directly by the app (``service.fast_path`` says how and why).
+``/docs.json``. Every route is a :class:`~service.transport.fast_path.FastRoute`: documented by
+FastAPI, served directly by the app (``service.transport.fast_path`` says how and why).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -16,20 +15,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import open_inference, schemas
-from service.errors import (
-    ApiError,
-    api_error_handler,
-    http_error_handler,
-    json_response,
-    unexpected_error_handler,
-)
-from service.fast_path import FastPathApp
-from service.metrics import exposition
-from service.middleware import BodyLimit, ConnectionRecycler, InFlightLimit
-from service.registry import registry_of
-from service.request_bodies import BodyReader, JsonBody, PictureUpload
-from service.settings import Settings, get_settings
+from service.api import open_inference
+from service.api.error_handlers import api_error_handler, http_error_handler, unexpected_error_handler
+from service.api.handler import TaskHandler, task_endpoint
+from service.api.request_bodies import BodyReader, JsonBody, PictureUpload
+from service.inference import schemas
+from service.inference.metrics import exposition
+from service.platform.errors import ApiError
+from service.platform.settings import Settings, get_settings
+from service.transport.direct_lane import LaneParts
+from service.transport.fast_path import FastPathApp
+from service.transport.middleware import Admission, BodyLimit, ConnectionRecycler, InFlightLimit, Recycling
 
 
 @dataclass(frozen=True)
@@ -84,22 +80,6 @@ TASK_ROUTES: tuple[TaskRoute, ...] = (
 INFERENCE_ROUTES = sorted({*(route.path for route in TASK_ROUTES), "/metrics", "/v2"})
 
 
-def task_endpoint(route: TaskRoute) -> Callable[[Request], Awaitable[Response]]:
-    """The one handler of every task route, bound to ``route``: FastAPI documents it per route."""
-    model, read_body = route.model, route.body.read
-
-    async def answer_task(request: Request) -> Response:
-        # Read the body, then one call into the model's pipeline. (No docstring: FastAPI would
-        # publish it as every task route's description.)
-        pipeline = registry_of(request).pipeline(model)
-        try:
-            return json_response(await pipeline.answer(await read_body(request)))
-        except Exception as exc:
-            raise pipeline.failed(exc, request.url.path) from None
-
-    return answer_task
-
-
 async def metrics(_: Request) -> Response:
     content, content_type = exposition()
     return Response(content, media_type=content_type)
@@ -109,7 +89,11 @@ async def metrics(_: Request) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> FastPathApp:
-    """The service's routes, error handlers and middleware (``settings``: the process-wide ones)."""
+    """The service's routes, error handlers and middleware (``settings``: the process-wide ones).
+
+    The task routes' one handler is ``app.state.task_handler``; what the direct lane shares with
+    the ASGI path is ``app.state.lane_parts`` (``service.transport.direct_lane``).
+    """
     settings = settings or get_settings()
     app = FastPathApp(
         title="modelserve",
@@ -119,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastPathApp:
         docs_url=None,
         redoc_url=None,
     )
+    handler = TaskHandler(TASK_ROUTES, app.state)
     errors = {
         400: {"model": schemas.ErrorResponse, "description": "invalid input"},
         **schemas.ERROR_RESPONSES,
@@ -126,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastPathApp:
     for route in TASK_ROUTES:
         app.add_api_route(
             route.path,
-            task_endpoint(route),
+            task_endpoint(handler, route.path),
             name=route.name,
             methods=["POST"],
             response_model=route.response,
@@ -141,16 +126,20 @@ def create_app(settings: Settings | None = None) -> FastPathApp:
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    recycling = None
     if settings.worker_count > 1 and settings.max_connection_age_s:
-        app.add_middleware(
-            ConnectionRecycler,
-            max_age_s=settings.max_connection_age_s,
-            pace=settings.recycle_pace,
-        )
+        recycling = Recycling(settings.max_connection_age_s, pace=settings.recycle_pace)
+        app.add_middleware(ConnectionRecycler, recycling=recycling)
+    admission = None
     if settings.max_inflight_per_worker:  # added last: runs first, before anything reads the body
-        app.add_middleware(
-            InFlightLimit,
-            limit=settings.max_inflight_per_worker,
-            retry_after_s=settings.overload_retry_after_s,
-        )
+        admission = Admission(settings.max_inflight_per_worker, settings.overload_retry_after_s)
+        app.add_middleware(InFlightLimit, admission=admission)
+    app.state.task_handler = handler
+    app.state.lane_parts = LaneParts(
+        handler,
+        tuple(route.path for route in TASK_ROUTES),
+        settings.max_body_bytes,
+        admission,
+        recycling,
+    )
     return app

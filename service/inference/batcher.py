@@ -109,12 +109,15 @@ class Batcher(Generic[Item, Result]):
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
-        assert max_batch_size >= 1, f"max_batch_size must be >= 1, got {max_batch_size}"
-        assert max_queue_size >= 1, f"max_queue_size must be >= 1, got {max_queue_size}"
-        assert max_wait_s >= 0, f"max_wait_s must be >= 0, got {max_wait_s}"
-        assert max_concurrent_batches == 1 or executor is not None, (
-            "batches can only overlap on an executor; without one, max_concurrent_batches must be 1"
-        )
+        if max_batch_size < 1 or max_queue_size < 1 or max_wait_s < 0:
+            raise ValueError(
+                f"max_batch_size and max_queue_size must be >= 1 and max_wait_s >= 0, got "
+                f"{max_batch_size}, {max_queue_size} and {max_wait_s}"
+            )
+        if max_concurrent_batches != 1 and executor is None:
+            raise ValueError(
+                "batches can only overlap on an executor; without one, max_concurrent_batches must be 1"
+            )
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.platform.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 ACCEPTED_FORMATS = {"PNG", "JPEG"}
 _INK_THRESHOLD = 0.2  # fraction of full darkness that counts as ink when cropping

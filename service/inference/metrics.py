@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from service.batcher import BatchStats
+from service.inference.batcher import BatchStats
 
 _NS = "modelserve"
 _LATENCY_BUCKETS = (
@@ -82,8 +82,9 @@ READY = Gauge(
 RUNTIME = Gauge(
     f"{_NS}_runtime_info",
     "1, labelled with how this server was sized: workers, ONNX Runtime intra-op threads per session, "
-    "execution provider, and the CPUs the process may use (cgroup quota or affinity)",
-    ["workers", "intra_op_threads", "provider", "cpus", "cpu_source"],
+    "execution provider, the CPUs the process may use (cgroup quota or affinity), and whether the "
+    "direct lane is on (direct_lane_reason: why not)",
+    ["workers", "intra_op_threads", "provider", "cpus", "cpu_source", "direct_lane", "direct_lane_reason"],
     multiprocess_mode="livemax",
 )
 
@@ -168,9 +169,15 @@ class ModelMetrics:
         self._padded.observe(fraction)
 
 
-def record_runtime(workers: int, intra_op_threads: int, provider: str, cpus: float, cpu_source: str) -> None:
-    """One series for the whole server: every worker sets the same labels."""
-    RUNTIME.labels(str(workers), str(intra_op_threads), provider, f"{cpus:g}", cpu_source).set(1)
+def record_runtime(
+    workers: int, intra_op_threads: int, provider: str, cpus: float, cpu_source: str, lane: str
+) -> None:
+    """One series for the whole server: every worker sets the same labels. ``lane``: "on", or
+    why the direct lane is off."""
+    on = "on" if lane == "on" else "off"
+    RUNTIME.labels(
+        str(workers), str(intra_op_threads), provider, f"{cpus:g}", cpu_source, on, "" if on == "on" else lane
+    ).set(1)
 
 
 def record_model_provider(model: str, version: int, provider: str) -> None:

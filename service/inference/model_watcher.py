@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from service.pipelines import Pipeline
-from service.registry import ModelRegistry, failure_reason, load_pipeline, version_fingerprint
-from service.runtime import ModelLoadError
+from service.inference.pipelines import Pipeline
+from service.inference.registry import ModelRegistry, failure_reason, load_pipeline, version_fingerprint
+from service.inference.runtime import ModelLoadError
 from store_format import ManifestError, list_versions, read_manifest
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class ModelWatcher:
         self, registry: ModelRegistry, poll_s: float, grace_s: float, on_ready: Callable[[], None]
     ) -> None:
         """``on_ready`` is called after a swap that leaves every model of the worker served."""
-        assert registry.settings is not None and registry.config is not None
+        if registry.settings is None or registry.config is None:
+            raise ValueError("a ModelWatcher needs a registry made by ModelRegistry.load (settings, config)")
         self.registry = registry
         self.settings = registry.settings
         self.poll_s = poll_s

@@ -1,16 +1,16 @@
 """One pipeline per kind of model: everything a model's routes need, behind one call.
 
 An *item* is one image, one history row or one sample to generate. A task route reads its
-request body (a ``service.schemas`` object) and awaits :meth:`Pipeline.answer`; a V2
+request body (a ``service.inference.schemas`` object) and awaits :meth:`Pipeline.answer`; a V2
 ``infer`` route decodes its tensors and awaits :meth:`Pipeline.answer_tensors`. Either way
 the pipeline turns the request into items (checking what only the loaded model knows), the
-model's :class:`~service.batcher.Batcher` merges the items of concurrent requests into one
+model's :class:`~service.inference.batcher.Batcher` merges the items of concurrent requests into one
 :meth:`~Pipeline.run_batch` call, and the pipeline turns the request's own results back
 into its answer.
 
 :class:`Pipeline` declares that contract as abstract methods. A new kind of model is one
 subclass here, its task's line in :data:`PIPELINES`, and its route's line in
-``service.routes``.
+``service.api.routes``.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from service.batcher import Batcher, BatcherClosed, BatchStats, QueueFull, QueueTimeout
-from service.errors import ApiError, InvalidInput, PayloadTooLarge, Unavailable
-from service.images import png_from_digit
-from service.metrics import ModelMetrics
-from service.runtime import LoadedModel
-from service.schemas import ClassifyRequest, ForecastRequest, GenerateRequest, UploadedDigit
-from service.settings import BatchPolicy, Settings, cpu_budget
+from service.inference.batcher import Batcher, BatcherClosed, BatchStats, QueueFull, QueueTimeout
+from service.inference.images import png_from_digit
+from service.inference.metrics import ModelMetrics
+from service.inference.runtime import LoadedModel
+from service.inference.schemas import ClassifyRequest, ForecastRequest, GenerateRequest, UploadedDigit
+from service.platform.errors import ApiError, InvalidInput, PayloadTooLarge, Unavailable
+from service.platform.settings import BatchPolicy, Settings, cpu_budget
 
 log = logging.getLogger(__name__)
 
-Body = TypeVar("Body")  # what a task route's body reader gives (see service.routes)
+Body = TypeVar("Body")  # what a task route's body reader gives (see service.api.routes)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -106,8 +106,13 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
 
     # --- shared --------------------------------------------------------------------------------
 
+    def prepare(self, body: Body) -> Body:
+        """``body`` with what the client may leave to the server filled in (default: as it is)."""
+        return body
+
     async def answer(self, body: Body) -> dict[str, Any]:
         """A task route's response body for ``body``, its items batched with other requests'."""
+        body = self.prepare(body)
         return self.encode(body, await self.infer(self.decode(body)))
 
     async def answer_tensors(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -153,7 +158,8 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
         sizes = sorted({*(2**k for k in range(self.max_batch_size.bit_length())), self.max_batch_size})
         for n in sizes:
             results = self.run_batch(self.example_items(n))
-            assert len(results) == n, f"warm-up at batch {n} gave {len(results)} results"
+            if len(results) != n:
+                raise RuntimeError(f"warm-up at batch {n} gave {len(results)} results")
         return sizes
 
     async def close(self) -> None:
@@ -319,13 +325,14 @@ class GeneratorPipeline(Pipeline[GenerateRequest, tuple[np.ndarray, int], np.nda
         low, high = model.manifest.serving.get("value_range", (0, 16))
         self.value_range = (np.float32(low), np.float32(high))
 
-    async def answer(self, body: GenerateRequest) -> dict[str, Any]:
+    def prepare(self, body: GenerateRequest) -> GenerateRequest:
         if body.seed is None:  # the client left the seed to us; the answer reports the one drawn
             body = body.model_copy(update={"seed": secrets.randbits(63)})
-        return await super().answer(body)
+        return body
 
     def decode(self, body: GenerateRequest) -> list[tuple[np.ndarray, int]]:
-        assert body.seed is not None, "answer() draws the seed the client left out"
+        if body.seed is None:
+            raise TypeError("GeneratorPipeline.decode needs a seed: answer() draws one with prepare()")
         self.check_item_count(len(body.labels), "labels")
         return self._items(body.labels, body.seed)
 

@@ -4,7 +4,7 @@ At start-up each configured model is verified (sha256 against its manifest), loa
 ONNX Runtime and warmed up at every batch size. A model that fails any step is not
 served, is named in the log, and keeps ``/readyz`` at 503; the others still serve.
 
-While serving, ``service.model_watcher`` swaps a newer version in with :meth:`ModelRegistry.swap_in`
+While serving, ``service.inference.model_watcher`` swaps a newer version in with :meth:`ModelRegistry.swap_in`
 (one assignment: a request that already holds the old pipeline finishes there) and closes
 the old one after a grace period with :meth:`ModelRegistry.release`. Versions that failed are
 remembered in :class:`FailedVersions` so that they are not tried again until their files change.
@@ -18,10 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from starlette.requests import Request
-
-from service.errors import ApiError, NotFound, Unavailable
-from service.metrics import (
+from service.inference.metrics import (
     mark_not_ready,
     mark_ready,
     record_load_failure,
@@ -29,9 +26,16 @@ from service.metrics import (
     record_release,
     record_swap,
 )
-from service.pipelines import PIPELINES, Pipeline
-from service.runtime import GraphMismatch, LoadedModel, ModelLoadError, SessionConfig, preload_cuda_libraries
-from service.settings import Settings
+from service.inference.pipelines import PIPELINES, Pipeline
+from service.inference.runtime import (
+    GraphMismatch,
+    LoadedModel,
+    ModelLoadError,
+    SessionConfig,
+    preload_cuda_libraries,
+)
+from service.platform.errors import NotFound, Unavailable
+from service.platform.settings import Settings
 from store_format import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -374,19 +378,11 @@ def public_reason(exc: ModelLoadError) -> str:
     )
 
 
-def registry_of(request: Request) -> ModelRegistry:
-    """The registry the service put in the app's state (503 while the service is starting)."""
-    registry = getattr(request.app.state, "registry", None)
-    if registry is None:
-        raise ApiError("the service is starting", status=503, headers={"Retry-After": "1"})
-    return registry
-
-
 class WorkerBoard:
     """Readiness across worker processes: each ready worker leaves a note in a shared folder.
 
     BentoML routes a probe to any one worker, but "ready" must mean every worker is. The
-    folder is the server's own (``service.server_folder``): no other server's start empties it.
+    folder is the server's own (``service.platform.server_folder``): no other server's start empties it.
     """
 
     def __init__(self, directory: str | None, worker_index: int | None, workers: int) -> None:

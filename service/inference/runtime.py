@@ -230,7 +230,7 @@ class SessionConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> SessionConfig:
-        """The config that ``settings`` (a :class:`service.settings.Settings`) describe.
+        """The config that ``settings`` (a :class:`service.platform.settings.Settings`) describe.
 
         Raises :class:`ProviderUnavailable` when the provider asked for cannot work here.
         """

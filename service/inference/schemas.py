@@ -3,7 +3,7 @@
 Element-wise checks (types, the 0..16 pixel range, label range, finiteness) run here, in
 pydantic's compiled validator, so an error names its exact place (``images[2][0][7]``).
 Checks that depend on the loaded model (minimum history length, item limits) run in
-``service.pipelines``.
+``service.inference.pipelines``.
 """
 
 from __future__ import annotations

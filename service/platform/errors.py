@@ -1,23 +1,28 @@
-"""Every error the service sends: a 4xx/5xx status and a JSON object body.
+"""Every error the service answers: a 4xx/5xx status and one JSON object body, rendered once.
 
-Body: ``{"error": "<what was wrong>", "detail": <where / why>, ...}``. Handlers below turn
-our own :class:`ApiError`, pydantic validation errors, framework HTTP errors and
-anything unexpected into that shape, so a client never sees a list or a bare text.
+Body: ``{"error": "<what was wrong>", "detail": <where / why>, "request_id": "<id>"}``
+(``detail`` only where there is one). :func:`render_error` is the one function that makes that
+body and its headers; every path that answers an error calls it: the task handler
+(``service.api.handler``), the ASGI exception handlers (``service.api.error_handlers``), the
+middleware's refusals and the framework's own errors (``service.transport.middleware``), and
+the protocol's 400/408/503 (``service.transport.connections``). So an error looks the same
+byte for byte whichever layer answered it, and :func:`log_failed_request` is its one log line.
+
+No HTTP framework here: this is the bottom layer, imported by every other.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Scope
 
 log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = b"x-request-id"
+JSON = b"application/json"
 
 
 class ApiError(Exception):
@@ -55,12 +60,27 @@ class NotFound(ApiError):
     status = 404
 
 
+class RequestTimeout(ApiError):
+    """The client was too slow: headers or body did not arrive in time."""
+
+    status = 408
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 
 
 class UnsupportedMediaType(ApiError):
     status = 415
+
+
+class InternalError(ApiError):
+    """A bug, not the client's fault: the cause goes to the log, never to the client."""
+
+    status = 500
+
+    def __init__(self, detail: Any = "the cause is in the server log") -> None:
+        super().__init__("internal server error", detail)
 
 
 class Unavailable(ApiError):
@@ -72,10 +92,58 @@ class Unavailable(ApiError):
         super().__init__(error, detail, headers={"Retry-After": str(retry_after_s)})
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response; NumPy arrays in ``body`` are serialised directly."""
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, "application/json"
+class Timeout(ApiError):
+    """Not answered within the request deadline (``MODELSERVE_HTTP_TIMEOUT_S``).
+
+    Worded as BentoML's own timeout middleware words it, so that a client sees one message
+    whichever of the two answered.
+    """
+
+    status = 504
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"Not able to process the request in {timeout_s} seconds")
+
+
+class Reply(NamedTuple):
+    """An answer ready for any adapter: status, headers (lower-case, without framing), body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+def render_error(error: ApiError, request_id: str) -> Reply:
+    """The one rendering of an error answer: its JSON body with the request id, and headers.
+
+    Headers: the error's own (``Retry-After``), then content type and the request id; the
+    adapter adds framing (content length, connection).
+    """
+    return render_body(error.status, error.body(), request_id, error.headers)
+
+
+def render_body(
+    status: int, body: dict[str, Any], request_id: str, headers: dict[str, str] | None = None
+) -> Reply:
+    """:func:`render_error` for an error body made elsewhere (a framework's JSON error)."""
+    own = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())
+    return Reply(
+        status,
+        (*own, (b"content-type", JSON), (REQUEST_ID_HEADER, request_id.encode())),
+        orjson.dumps({**body, "request_id": request_id}, option=orjson.OPT_SERIALIZE_NUMPY),
+    )
+
+
+def log_failed_request(method: Any, path: Any, status: int, error: Any, request_id: str) -> None:
+    """The one log line of a failed request: INFO for 4xx, WARNING for 5xx."""
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "%s %s answered %d: %s (request_id=%s)",
+        method,
+        path,
+        status,
+        error,
+        request_id,
     )
 
 
@@ -104,28 +172,6 @@ def invalid_body(exc: ValidationError) -> InvalidInput:
     return InvalidInput(f"invalid request: {first['field']}: {first['message']}", detail)
 
 
-async def api_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return json_response(exc.body(), exc.status, exc.headers)
-
-
-async def http_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (404 no such route, 405 wrong method) in the one error shape."""
-    assert isinstance(exc, HTTPException)
-    return json_response(
-        {"error": exc.detail or "HTTP error", "detail": framework_detail(request.scope, exc.status_code)},
-        exc.status_code,
-        getattr(exc, "headers", None),
-    )
-
-
-def framework_detail(scope: Scope, status: int) -> dict[str, Any]:
+def framework_detail(method: Any, path: Any, status: int) -> dict[str, Any]:
     """What a framework error (no route, wrong method, ...) concerned: status, method and path."""
-    return {"status": status, "method": scope.get("method"), "path": scope.get("path")}
-
-
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    # The exception (its class, message and traceback) goes to the log only: it tells a
-    # client nothing it can act on, and may tell an attacker how the server is built.
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return json_response({"error": "internal server error", "detail": "the cause is in the server log"}, 500)
+    return {"status": status, "method": method, "path": path}

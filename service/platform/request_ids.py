@@ -1,7 +1,7 @@
 """Request ids: the client's ``X-Request-ID`` (when it is sane) or one made here, and the logs.
 
 Every response carries the id in ``X-Request-ID``, every error body in ``"request_id"``, and
-every log line written while a request is handled in ``request_id`` (``service.middleware``
+every log line written while a request is handled in ``request_id`` (``service.transport.middleware``
 sets it), so an operator can find a client's failed request in the log.
 
 Ids are made for the per-request CPU they cost (the service is tuned for it,
@@ -107,3 +107,8 @@ def configure_logging(log_format: str) -> None:
         logger.propagate = False  # one line per record, not a second one in BentoML's format
     else:
         logger.propagate = True
+
+
+def current() -> str:
+    """The id of the request being handled (``JsonErrors`` or the direct lane set it), or a new one."""
+    return CURRENT.get() or new_request_id()

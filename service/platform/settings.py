@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, NonNegativeInt, ValidationError, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
-from service.cpu_budget import CpuBudget, detect_cpu_budget
+from service.platform.cpu_budget import CpuBudget, detect_cpu_budget
 
 # max_batch_size on a GPU when the settings leave it unset (64 on the CPU): a GPU's throughput
 # keeps growing with the batch long after a CPU's has levelled off (docs/batching.md).
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     # instead of staying where a burst of connects happened to land. 0 = never.
     max_connection_age_s: float = Field(2.0, ge=0)
     # Requests one worker holds at once (task routes, V2; /metrics is never refused); beyond
-    # it a request is answered 503 + Retry-After at once (service.middleware.InFlightLimit). A
+    # it a request is answered 503 + Retry-After at once (service.transport.middleware.InFlightLimit). A
     # worker answers about 1,000-4,500 /classify requests a second, so 512 in flight is already
     # 0.1-0.3 s of queueing: more would only wait longer, and past the batch queue timeout
     # (1.5 s) they fail anyway. 0 = no limit.
@@ -143,10 +143,10 @@ class Settings(BaseSettings):
     overload_retry_after_s: int = Field(1, ge=1, le=3600)
     # Connection recycling, in a worker holding more than 64 connections, closes at most one
     # per recycle_pace x (connections held) requests: every close is a reconnect, and a worker
-    # accepts one connection per turn of its event loop (service.middleware.ConnectionRecycler).
+    # accepts one connection per turn of its event loop (service.transport.middleware.ConnectionRecycler).
     # 0 = no pacing.
     recycle_pace: float = Field(4.0, ge=0, le=1000)
-    # HTTP connections (service/connections.py). Longest wait from a request's first byte to the
+    # HTTP connections (service/transport/connections.py). Longest wait from a request's first byte to the
     # end of its headers; then 408 and the connection is closed.
     header_timeout_s: float = Field(10.0, gt=0, le=300)
     # Longest a connection may stay open with no request under way (keep-alive idle).
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     gc_thresholds: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = (700, 100, 100)
     # One log line per request (BentoML's access log). Off by default: it costs throughput.
     access_log: bool = False
-    # JSON task requests answered by the connection's protocol, below ASGI (service/direct_lane.py):
+    # JSON task requests answered by the connection's protocol, below ASGI (service/transport/direct_lane.py):
     # the same answers for a third to half of the CPU. Off: every request goes through ASGI.
     # (It turns itself off, with a log line, when a middleware it would skip is added.)
     direct_lane: bool = True
@@ -250,7 +250,7 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def cpu_budget() -> CpuBudget:
-    """The CPUs this process may really use, read once (see service/cpu_budget.py)."""
+    """The CPUs this process may really use, read once (see service/platform/cpu_budget.py)."""
     return detect_cpu_budget()
 
 

@@ -47,7 +47,7 @@ later, and every process of the server is gone after the service's shutdown and 
 exit, which took one to two seconds more: about 10 s with the defaults (measured figures in
 docs/reliability.md).
 
-Settings (``service.settings``), each read from ``MODELSERVE_<FIELD>`` (seconds):
+Settings (``service.platform.settings``), each read from ``MODELSERVE_<FIELD>`` (seconds):
 
 - ``MODELSERVE_HEADER_TIMEOUT_S`` (10): first byte of a request to the end of its headers.
 - ``MODELSERVE_IDLE_TIMEOUT_S`` (5): a connection with no request under way.
@@ -66,70 +66,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 import uvicorn.config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from service import request_ids
-from service.direct_lane import Answer, DirectLane, LaneRoute
-from service.request_ids import request_id_of
-from service.settings import get_settings
+from service.platform.errors import (
+    ApiError,
+    InternalError,
+    Reply,
+    RequestTimeout,
+    Unavailable,
+    render_error,
+)
+from service.platform.request_ids import request_id_of
+from service.platform.settings import get_settings
+from service.transport.direct_lane import DirectLane
+from service.transport.hooks import Hook, missing_attributes, verify
 
 log = logging.getLogger(__name__)
 
 # What a draining worker tells a client to wait before asking again (another server will answer).
 DRAIN_RETRY_AFTER_S = 1
+DRAINING = Unavailable(
+    "the server is shutting down",
+    "this server is draining its connections; send the request again",
+    retry_after_s=DRAIN_RETRY_AFTER_S,
+)
+UNPARSABLE = ApiError("invalid HTTP request", "the request line or headers could not be parsed")
 
 
-def _raw_answer(
-    default_headers: list[tuple[bytes, bytes]],
-    status: int,
-    error: str,
-    detail: str,
-    request_id: str,
-    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
-) -> bytes:
-    """A whole HTTP/1.1 answer with a JSON error body, its request id and ``Connection: close``."""
-    body = json.dumps({"error": error, "detail": detail, "request_id": request_id}).encode()
-    head = [STATUS_LINE[status]]
-    for name, value in (*default_headers, *extra_headers, (request_ids.HEADER, request_id.encode())):
+def http_answer(default_headers: list[tuple[bytes, bytes]], reply: Reply, keep_alive: bool) -> bytes:
+    """A whole HTTP/1.1 answer: status line, uvicorn's default headers, the reply's, framing, body.
+
+    The one place the protocol writes an answer itself (the direct lane's, and the 400, 408 and
+    503 it gives on its own); the header order is the one uvicorn writes for an ASGI answer.
+    """
+    head = [STATUS_LINE[reply.status]]
+    for name, value in (*default_headers, *reply.headers):
         head.extend([name, b": ", value, b"\r\n"])
-    head.extend(
-        [
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"connection: close\r\n\r\n",
-        ]
-    )
-    return b"".join(head) + body
-
-
-_drain_logged = False  # one log line per worker when its drain begins
-_RETRY_AFTER = ((b"retry-after", str(DRAIN_RETRY_AFTER_S).encode()),)
-_DRAINING_ERROR = "the server is shutting down"
-_DRAINING_DETAIL = "this server is draining its connections; send the request again"
+    head.extend([b"content-length: ", str(len(reply.body)).encode(), b"\r\n"])
+    if not keep_alive:
+        head.append(b"connection: close\r\n")
+    head.extend([b"\r\n", reply.body])
+    return b"".join(head)
 
 
 async def answer_draining(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The ASGI app of a draining connection: 503, ``Retry-After``, ``Connection: close``."""
-    request_id = request_id_of(scope["headers"])
-    answer = {"error": _DRAINING_ERROR, "detail": _DRAINING_DETAIL, "request_id": request_id}
-    body = json.dumps(answer).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *_RETRY_AFTER,
-        (request_ids.HEADER, request_id.encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    reply = render_error(DRAINING, request_id_of(scope["headers"]))
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body, "more_body": False})
 
 
 class LingeringTransport:
@@ -184,42 +175,19 @@ class LingeringTransport:
             self._timer = None
 
 
-# --- the direct lane (service.direct_lane): built once per worker, at its first request ---------
-
-LaneBuilder = Callable[[Any], "DirectLane | None"]
-_lane_builder: LaneBuilder | None = None
-_lane: DirectLane | None = None
-_lane_built = False
-
-
-def offer_direct_lane(builder: LaneBuilder | None) -> None:
-    """How a worker builds its direct lane from the ASGI app it serves (None: no lane)."""
-    global _lane_builder, _lane, _lane_built
-    _lane_builder, _lane, _lane_built = builder, None, False
-
-
-def _direct_lane(asgi_app: Any) -> DirectLane | None:
-    global _lane, _lane_built
-    if not _lane_built:
-        _lane_built = True
-        _lane = _lane_builder(asgi_app) if _lane_builder is not None else None
-    return _lane
-
-
-def _internal_error(request_id: str) -> Answer:
-    """What the service's unexpected-error handler answers, with the request id."""
-    body = {"error": "internal server error", "detail": "the cause is in the server log"}
-    return Answer(500, json.dumps({**body, "request_id": request_id}).encode())
-
-
 class DirectCycle(RequestResponseCycle):
-    """A request the direct lane took: read its body, answer it here or hand it to ASGI.
+    """A request the direct lane answers: admitted, its body read, the one handler, the answer.
 
-    A uvicorn request cycle, so that the protocol's timeouts, drain and disconnects treat
-    it as any other request; :meth:`run_direct` replaces ``run_asgi`` (which it falls back on).
+    A uvicorn request cycle, so that the protocol's timeouts, drain and disconnects treat it
+    as any other request; :meth:`run_direct` stands in for ``run_asgi``.
     """
 
-    async def run_direct(self, lane: DirectLane, route: LaneRoute, app: Any, client: Any) -> None:
+    async def run_direct(self, lane: DirectLane, path: str, client: Any) -> None:
+        request_id = request_id_of(self.scope["headers"])
+        admission = lane.admission
+        if admission is not None and not admission.enter():
+            # As InFlightLimit refuses: before the body is read, which then closes the connection.
+            return await self._write(render_error(admission.refusal(), request_id))
         try:
             while self.more_body:  # the body, as receive() would read it
                 if self.disconnected or self.response_complete:
@@ -229,43 +197,34 @@ class DirectCycle(RequestResponseCycle):
                 self.message_event.clear()
             if self.disconnected or self.response_complete:  # gone, or answered by a timeout
                 return
-            admitted = lane.admit(route, bytes(self.body))
-            if admitted is None:
-                self.message_event.set()  # receive() hands the ASGI app the body read already
-                return await self.run_asgi(app)
-            request_id = request_id_of(self.scope["headers"])
-            answer = await lane.answer(route, admitted, "POST", request_id)
+            reply = await lane.answer(path, bytes(self.body), self.content_type, request_id)
             if lane.closes(client):
                 self.keep_alive = False
-            await self._write(answer, request_id)
+            await self._write(reply)
         except Exception:
-            request_id = request_id_of(self.scope["headers"])
-            log.exception("direct lane: unexpected error on %s (request_id=%s)", route.path, request_id)
-            await self._write(_internal_error(request_id), request_id)
+            log.exception("direct lane: unexpected error on %s (request_id=%s)", path, request_id)
+            await self._write(render_error(InternalError(), request_id))
         finally:
+            if admission is not None:
+                admission.leave()
             self.on_response = lambda: None
 
-    async def _write(self, answer: Answer, request_id: str) -> None:
+    @property
+    def content_type(self) -> str | None:
+        for name, value in self.scope["headers"]:
+            if name == b"content-type":
+                return value.decode("latin-1")
+        return None
+
+    async def _write(self, reply: Reply) -> None:
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.response_started or self.disconnected:  # answered by the drain, or gone
             return
         self.response_started = True
-        head = [STATUS_LINE[answer.status]]
-        for name, value in (*self.default_headers, *answer.headers):
-            head.extend([name, b": ", value, b"\r\n"])
-        head.extend(
-            [
-                b"content-type: application/json\r\ncontent-length: ",
-                str(len(answer.body)).encode(),
-                b"\r\nx-request-id: ",
-                request_id.encode(),
-                b"\r\n" if self.keep_alive else b"\r\nconnection: close\r\n",
-                b"\r\n",
-                answer.body,
-            ]
-        )
-        self.transport.write(b"".join(head))
+        if self.more_body:  # answered before the body was read (a refusal): close, as ASGI does
+            self.keep_alive = False
+        self.transport.write(http_answer(self.default_headers, reply, self.keep_alive))
         self.response_complete = True
         self.message_event.set()
         if not self.keep_alive:
@@ -316,22 +275,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # The parser refused the request (a malformed or over-long request line or header):
         # the same JSON error shape as every other answer, instead of uvicorn's plain text.
-        self._answer_and_close(400, "invalid HTTP request", "the request line or headers could not be parsed")
+        self._answer_and_close(UNPARSABLE)
 
-    def _answer_and_close(self, status: int, error: str, detail: str, extra=()) -> None:
+    def _answer_and_close(self, error: ApiError) -> None:
         """Answer a request whose headers are incomplete or refused (its id, if it sent one
         already, else a new one), and close."""
         if not self.transport.is_closing():
             request_id = request_id_of(self.headers or [])
-            self._log_closing(error, detail, request_id)
-            answer = _raw_answer(self.server_state.default_headers, status, error, detail, request_id, extra)
-            self.transport.write(answer)
+            self._log_closing(error, request_id)
+            reply = render_error(error, request_id)
+            self.transport.write(http_answer(self.server_state.default_headers, reply, keep_alive=False))
         self.transport.close()
 
-    def _log_closing(self, error: str, detail: str, request_id: str) -> None:
-        if error != _DRAINING_ERROR:  # the drain has a line of its own, once per worker
+    def _log_closing(self, error: ApiError, request_id: str) -> None:
+        if error is not DRAINING:  # the drain has a line of its own, once per worker
             log.info(
-                "closing a connection from %s: %s: %s (request_id=%s)", self.client, error, detail, request_id
+                "closing a connection from %s: %s: %s (request_id=%s)",
+                self.client,
+                error.error,
+                error.detail,
+                request_id,
             )
 
     # --- the request timers ----------------------------------------------------------------
@@ -363,11 +326,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
         if not self.draining and (self.cycle is None or self.cycle.response_complete):
-            lane = _direct_lane(self.app)
+            lane = self.config.direct_lane  # type: ignore[attr-defined]
             if lane is not None and not self.expect_100_continue:
-                route = lane.route_for(self.parser.get_method(), self.url, self.headers)
-                if route is not None and self.parser.get_http_version() == "1.1":
-                    return self._answer_directly(lane, route)
+                path = lane.path_for(self.parser.get_method(), self.url, self.headers)
+                if path is not None and self.parser.get_http_version() == "1.1":
+                    return self._answer_directly(lane, path)
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -384,12 +347,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
         cycle.send = send_closing_if_body_unread  # type: ignore[method-assign]
 
-    def _answer_directly(self, lane: DirectLane, route: LaneRoute) -> None:
+    def _answer_directly(self, lane: DirectLane, path: str) -> None:
         """Start the request's :class:`DirectCycle`: what uvicorn's ``on_headers_complete``
         does, with the direct lane instead of the ASGI app."""
         scope = self.scope
         scope["method"] = "POST"
-        scope["path"] = self.root_path + route.path
+        scope["path"] = self.root_path + path
         scope["raw_path"] = self.root_path.encode("ascii") + self.url
         scope["query_string"] = b""
         self.cycle = cycle = DirectCycle(
@@ -405,7 +368,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             keep_alive=self.parser.should_keep_alive(),
             on_response=self.on_response_complete,
         )
-        task = self.loop.create_task(cycle.run_direct(lane, route, self.app, self.client))
+        task = self.loop.create_task(cycle.run_direct(lane, path, self.client))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
@@ -435,9 +398,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_header_timer()
             return
         self._answer_and_close(
-            408,
-            "request timeout",
-            f"the request headers were not complete within {self.limits.header_timeout_s:g} s",
+            RequestTimeout(
+                "request timeout",
+                f"the request headers were not complete within {self.limits.header_timeout_s:g} s",
+            )
         )
 
     def _body_stalled(self) -> None:
@@ -462,7 +426,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
         else:
             detail = f"the request body stopped arriving for {self.limits.body_timeout_s:g} s"
-        self._abandon(cycle, 408, "request timeout", detail)
+        self._abandon(cycle, RequestTimeout("request timeout", detail))
 
     def _body_rate_below_minimum(self, now: float) -> float | None:
         """The body's mean rate (bytes/s) if it is below the minimum once the body timeout has
@@ -475,15 +439,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         rate = self._body_bytes / elapsed
         return rate if rate < minimum else None
 
-    def _abandon(self, cycle: Any, status: int, error: str, detail: str, extra=()) -> None:
+    def _abandon(self, cycle: Any, error: ApiError) -> None:
         """Answer ``status`` for a request whose handler may still run, and close: the handler
         then reads a disconnect, and whatever it sends later goes nowhere."""
         if not cycle.response_started:
             cycle.response_started = True
             request_id = request_id_of(cycle.scope["headers"])
-            self._log_closing(error, detail, request_id)
-            answer = _raw_answer(self.server_state.default_headers, status, error, detail, request_id, extra)
-            self.transport.write(answer)
+            self._log_closing(error, request_id)
+            reply = render_error(error, request_id)
+            self.transport.write(http_answer(self.server_state.default_headers, reply, keep_alive=False))
         cycle.disconnected = True
         cycle.message_event.set()
         self.transport.close()
@@ -492,9 +456,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """uvicorn's shutdown of this connection, as a drain (see the module docstring)."""
-        global _drain_logged
-        if not _drain_logged:
-            _drain_logged = True
+        if not self.config.drain_logged:  # type: ignore[attr-defined]
+            self.config.drain_logged = True  # type: ignore[attr-defined]
             log.info(
                 "draining HTTP connections: requests from now on are answered 503, those in flight have %g s",
                 self.limits.drain_timeout_s,
@@ -512,10 +475,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self._answering():
             if not cycle.response_started:
-                self._abandon(cycle, 503, _DRAINING_ERROR, _DRAINING_DETAIL, _RETRY_AFTER)
+                self._abandon(cycle, DRAINING)
             # else an answer is being streamed: uvicorn's graceful timeout bounds it
         elif self._header_timer is not None:  # a request's headers still arriving
-            self._answer_and_close(503, _DRAINING_ERROR, _DRAINING_DETAIL, _RETRY_AFTER)
+            self._answer_and_close(DRAINING)
         else:
             self.transport.close()
 
@@ -526,7 +489,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 class GuardedConfig(uvicorn.config.Config):
     """``uvicorn.Config`` serving HTTP with :class:`GuardedHttpToolsProtocol`, uvicorn's keep-alive
-    timeout the idle timeout and its graceful-shutdown timeout bounded by the drain."""
+    timeout the idle timeout and its graceful-shutdown timeout bounded by the drain.
+
+    It also carries what this worker's connections share: the direct lane (None until the
+    service hands one over at start-up with :meth:`use_lane`, and None for good if it is off)
+    and whether the drain was logged. The last one built in the process is :attr:`built`:
+    the worker's check that BentoML really built its server through this class.
+    """
+
+    built: GuardedConfig | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         limits = get_settings()
@@ -534,17 +505,118 @@ class GuardedConfig(uvicorn.config.Config):
         kwargs["timeout_keep_alive"] = limits.idle_timeout_s
         kwargs["timeout_graceful_shutdown"] = limits.graceful_shutdown_s
         super().__init__(*args, **kwargs)
+        self.direct_lane: DirectLane | None = None
+        self.drain_logged = False
+        GuardedConfig.built = self
+
+    def use_lane(self, lane: DirectLane | None) -> None:
+        self.direct_lane = lane
 
 
 def install() -> None:
     """Make the uvicorn server this process builds (BentoML's worker: ``uvicorn.Config(...)``,
     looked up when the worker starts serving, after it imported the service) a guarded one, and
-    the arbiter (``bentoml serve``'s main process) stop listening at SIGTERM."""
+    the arbiter (``bentoml serve``'s main process) stop listening at SIGTERM.
+
+    Each is checked once done (``service.transport.hooks``): a library that no longer lets
+    itself be changed this way stops start-up here, naming the hook and its version.
+    """
     limits = get_settings()  # a bad value stops start-up here, before any worker serves
     if uvicorn.Config is not GuardedConfig:
         uvicorn.Config = GuardedConfig  # type: ignore[misc]
         log.debug("HTTP connections: %s", limits)
     _stop_listening_at_sigterm()
+    verify(INSTALLED_HOOKS)
+
+
+def verify_server() -> GuardedConfig:
+    """In a worker whose server is built: the hooks only a running server shows; its config."""
+    verify(SERVER_HOOKS)
+    return GuardedConfig.built  # type: ignore[return-value]
+
+
+# --- the hooks (service.transport.hooks): what this module relies on, checked ----------------
+
+# What GuardedHttpToolsProtocol and DirectCycle use of uvicorn's classes beyond their public
+# interface: attributes set in their __init__, and the methods they override or call.
+_PROTOCOL_ATTRIBUTES = (
+    "config", "app", "loop", "logger", "access_logger", "access_log", "parser", "root_path",
+    "timeout_keep_alive_task", "timeout_keep_alive", "server_state", "tasks", "transport", "flow",
+    "client", "scope", "headers", "expect_100_continue", "cycle",
+    "connection_made", "connection_lost", "data_received", "send_400_response", "on_message_begin",
+    "on_headers_complete", "on_body", "on_message_complete", "on_response_complete", "shutdown",
+    "timeout_keep_alive_handler",
+)  # fmt: skip
+_CYCLE_ATTRIBUTES = (
+    "scope", "transport", "flow", "logger", "access_logger", "access_log", "default_headers",
+    "message_event", "on_response", "disconnected", "keep_alive", "body", "more_body",
+    "response_started", "response_complete", "run_asgi", "send", "receive",
+)  # fmt: skip
+
+
+def _uvicorn_config_replaced() -> str | None:
+    if uvicorn.Config is not GuardedConfig:
+        return "uvicorn.Config could not be replaced by GuardedConfig"
+    return None
+
+
+def _protocol_internals() -> str | None:
+    """A protocol made as uvicorn makes one (not connected): has it what the subclass uses?"""
+    from uvicorn.server import ServerState
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # never called
+        return None
+
+    config = uvicorn.config.Config(app, http="httptools")  # the base class: GuardedConfig.built stays
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = HttpToolsProtocol(config, ServerState(), {}, _loop=loop)
+        return missing_attributes(protocol, _PROTOCOL_ATTRIBUTES)
+    finally:
+        loop.close()
+
+
+def _cycle_internals() -> str | None:
+    cycle = RequestResponseCycle(
+        scope={},  # type: ignore[arg-type]
+        transport=None,  # type: ignore[arg-type]
+        flow=None,  # type: ignore[arg-type]
+        logger=log,
+        access_logger=log,
+        access_log=False,
+        default_headers=[],
+        message_event=None,  # type: ignore[arg-type]
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
+    return missing_attributes(cycle, _CYCLE_ATTRIBUTES)
+
+
+def _sigterm_patched() -> str | None:
+    from circus.sighandler import SysHandler
+
+    if not getattr(SysHandler.handle_term, "stops_listening", False):
+        return "circus.sighandler.SysHandler.handle_term is not the patched one"
+    return None
+
+
+def _server_built_guarded() -> str | None:
+    config = GuardedConfig.built
+    if config is None:
+        return "BentoML did not build this worker's server through uvicorn.Config (GuardedConfig)"
+    if config.http_protocol_class is not GuardedHttpToolsProtocol:
+        return f"the server's HTTP protocol is {config.http_protocol_class!r}, not GuardedHttpToolsProtocol"
+    return None
+
+
+INSTALLED_HOOKS = (
+    Hook("uvicorn.Config replaced by GuardedConfig", "uvicorn", _uvicorn_config_replaced),
+    Hook("HttpToolsProtocol internals used by GuardedHttpToolsProtocol", "uvicorn", _protocol_internals),
+    Hook("RequestResponseCycle internals used by DirectCycle", "uvicorn", _cycle_internals),
+    Hook("circus SysHandler.handle_term stops listening at SIGTERM", "kantoku", _sigterm_patched),
+)
+SERVER_HOOKS = (Hook("BentoML builds its server through uvicorn.Config", "bentoml", _server_built_guarded),)
 
 
 def _stop_listening_at_sigterm() -> None:

@@ -5,7 +5,7 @@ double the CPU a request costs, and its middleware stack, its router (which trie
 route's pattern in turn) and its route layer cost about a tenth more (measured with
 bench/pyspy_profile.py; see docs/benchmarks.md). The service's endpoints need none of it:
 they take the ``Request`` and its path parameters, read and validate their bodies
-themselves (``service.request_bodies``), and return a ready ``Response``.
+themselves (``service.api.request_bodies``), and return a ready ``Response``.
 
 How, in full:
 
@@ -34,9 +34,9 @@ How, in full:
 * FastAPI's own OpenTelemetry instrumentation is off: BentoML traces requests
   (``tracing.excluded_urls`` in ``service.bento_service`` leaves the hot routes out).
 
-Below this app, ``service.direct_lane`` answers the JSON task routes' ordinary requests in the
+Below this app, ``service.transport.direct_lane`` answers the JSON task routes' ordinary requests in the
 HTTP protocol, without ASGI, and hands everything else to this app. It stands in for exactly
-the middleware ``service.routes`` and ``service.bento_service`` add; any other middleware
+the middleware ``service.api.routes`` and ``service.bento_service`` add; any other middleware
 turns it off at a worker's first request, with a log line, so that it applies here as above.
 """
 
@@ -54,6 +54,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.transport.hooks import Hook, missing_attributes
 
 Endpoint = Callable[..., Awaitable[Response]]
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -93,7 +95,7 @@ class FastRoute(APIRoute):
             raise TypeError(
                 f"route {self.path} ({self.name}): a FastRoute endpoint takes the Request first, then "
                 f"path parameters only, and returns a Response; it has {', '.join(asks)}. Read the "
-                "body in the endpoint (service.request_bodies), or have FastAPI serve the route, at "
+                "body in the endpoint (service.api.request_bodies), or have FastAPI serve the route, at "
                 "FastAPI's cost: app.router.add_api_route(..., route_class_override=APIRoute), or an "
                 "APIRouter(route_class=APIRoute)."
             )
@@ -236,3 +238,41 @@ class FastPathApp(FastAPI):
                     self._patterns.setdefault(method, []).append(route)
                 else:
                     self._fixed.setdefault(route.path, {}).setdefault(method, route)
+
+
+# --- the hooks (service.transport.hooks): what this module relies on, checked -----------------
+
+_DEPENDANT_FIELDS = (
+    "dependencies",
+    "query_params",
+    "header_params",
+    "cookie_params",
+    "body_params",
+    "request_param_name",
+    "response_param_name",
+    "background_tasks_param_name",
+    "security_scopes_param_name",
+    "websocket_param_name",
+)
+
+
+def _fastapi_internals() -> str | None:
+    """What FastRoute and FastPathApp use of FastAPI and Starlette beyond their public API."""
+    from fastapi.dependencies.models import Dependant
+
+    async def endpoint(request: Request) -> Response:  # never called
+        return Response()
+
+    app = FastAPI()
+    route = APIRoute("/{name}", endpoint)
+    return (
+        missing_attributes(Dependant(), _DEPENDANT_FIELDS)
+        or missing_attributes(app.router, ("_mark_routes_changed", "routes", "route_class"))
+        or missing_attributes(
+            app, ("build_middleware_stack", "middleware_stack", "user_middleware", "exception_handlers")
+        )
+        or missing_attributes(route, ("dependant", "param_convertors", "path_regex", "methods", "endpoint"))
+    )
+
+
+FASTAPI_HOOKS = (Hook("FastAPI internals used by the fast path", "fastapi", _fastapi_internals),)

@@ -2,12 +2,17 @@
 request ids, JSON errors.
 
 :class:`InFlightLimit`, :class:`BodyLimit` and :class:`ConnectionRecycler` wrap every route of
-the service's app (added with ``app.add_middleware`` in ``service.routes``; the in-flight limit
+the service's app (added with ``app.add_middleware`` in ``service.api.routes``; the in-flight limit
 outermost, so a refusal costs no parsing and no model time); :class:`JsonErrors` wraps the
 whole BentoML app, whose own answers (unknown paths, ``/readyz``) are plain text, and stamps
 every answer with its request id.
 
-The overload knobs (``service.settings``):
+The in-flight limit and the recycling keep their state in objects of their own
+(:class:`Admission`, :class:`Recycling`), made once per app by ``service.api.routes``: the
+middleware here and the direct lane (``service.transport.direct_lane``) consult the same
+object through its methods, so a request counts against one limit whichever path serves it.
+
+The overload knobs (``service.platform.settings``):
 
 - ``MODELSERVE_MAX_INFLIGHT_PER_WORKER`` (512): requests one worker holds at once; beyond it a
   request is answered 503 + ``Retry-After`` at once. 0 = no limit.
@@ -19,105 +24,128 @@ The overload knobs (``service.settings``):
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import request_ids
-from service.errors import PayloadTooLarge, framework_detail, json_response
-from service.request_ids import request_id_of
+from service.platform import request_ids
+from service.platform.errors import (
+    REQUEST_ID_HEADER,
+    PayloadTooLarge,
+    Reply,
+    Unavailable,
+    framework_detail,
+    log_failed_request,
+    render_body,
+    render_error,
+)
+from service.platform.request_ids import request_id_of
 
 log = logging.getLogger(__name__)
 
 # What explains an error at a path: {"error": <replacing the framework's text>, "detail": {...}}.
 Explanation = Callable[[], dict[str, Any]]
 
-# Set in the ASGI scope of a request that InFlightLimit refused: JsonErrors then leaves its
-# one-line-per-error log to InFlightLimit's summary (a line per request would add log I/O to
-# a worker exactly when it is overloaded).
-SHED = "modelserve.shed"
+
+class Admission:
+    """At most ``limit`` requests in flight in one worker; the next ones are refused at once.
+
+    The one count of a worker's requests in flight, for both paths: :class:`InFlightLimit` (ASGI)
+    and the direct lane call :meth:`enter` when a request arrives and :meth:`leave` once it is
+    answered. A refusal is decided from the path alone, before the body is read or parsed:
+    no body parsing, no queueing, no model time. Refusals are logged as one summary line at
+    most every ``log_every_s``, not one line each (a line per request would add log I/O to a
+    worker exactly when it is overloaded).
+    """
+
+    def __init__(self, limit: int, retry_after_s: int = 1, log_every_s: float = 10.0) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.log_every_s = log_every_s
+        self._in_flight = 0
+        self._refused = 0  # since the last summary line
+        self._next_log = 0.0
+        self._error = Unavailable(
+            "overloaded: too many requests in flight, retry later",
+            {
+                "limit_per_worker": limit,
+                "retry_after_s": retry_after_s,
+                "setting": "MODELSERVE_MAX_INFLIGHT_PER_WORKER",
+            },
+            retry_after_s=retry_after_s,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def enter(self) -> bool:
+        """Count a request in, if there is room; False: refuse it with :meth:`refusal`."""
+        if self._in_flight >= self.limit:
+            self._note_refusal()
+            return False
+        self._in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        """A request counted in by :meth:`enter` is answered (or abandoned)."""
+        self._in_flight -= 1
+
+    def refusal(self) -> Unavailable:
+        """What a refused request is answered: 503 with ``Retry-After``."""
+        return self._error
+
+    def _note_refusal(self) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + self.log_every_s
+            log.warning(
+                "overloaded: refused %d request(s) with 503 since the last such line "
+                "(%d in flight, limit %d per worker: MODELSERVE_MAX_INFLIGHT_PER_WORKER)",
+                self._refused,
+                self._in_flight,
+                self.limit,
+            )
+            self._refused = 0
 
 
 class InFlightLimit:
-    """At most ``limit`` requests in flight in this worker; the next ones get 503 at once.
+    """The ASGI side of :class:`Admission`: a request holds its place for the whole exchange.
 
-    A refusal is decided from the path alone, before the body is read or parsed, and is a
-    ready-made JSON answer (``{"error", "detail"}``, ``Retry-After``; :class:`JsonErrors`
-    adds the request id): no body parsing, no queueing, no model time. What runs in front of
-    this app (uvicorn, BentoML's middleware, two socket writes) still does, so a refusal
-    costs a worker about 60% of the CPU of an answered /classify request (bench/overload.py):
-    a limit keeps the admitted requests' latency and the worker's memory bounded, but
-    clients that retry at once, ignoring Retry-After, can still keep it busy refusing. Paths
-    in ``exempt`` (``/metrics``) are always served. Refusals are logged as one summary line
-    at most every ``log_every_s``, not one line each.
+    Paths in ``exempt`` (``/metrics``) are always served. What runs in front of this app
+    (uvicorn, BentoML's middleware, two socket writes) still runs for a refused request.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        limit: int,
-        retry_after_s: int = 1,
-        exempt: Iterable[str] = ("/metrics",),
-        log_every_s: float = 10.0,
-    ) -> None:
-        assert limit >= 1, f"limit must be >= 1, got {limit}"
+    def __init__(self, app: ASGIApp, admission: Admission, exempt: Iterable[str] = ("/metrics",)) -> None:
         self.app = app
-        self.limit = limit
+        self.admission = admission
         self.exempt = frozenset(exempt)
-        self.in_flight = 0
-        self.refused = 0  # since the last summary line
-        self.log_every_s = log_every_s
-        self.next_log = 0.0
-        body = json.dumps(
-            {
-                "error": "overloaded: too many requests in flight, retry later",
-                "detail": {
-                    "limit_per_worker": limit,
-                    "retry_after_s": retry_after_s,
-                    "setting": "MODELSERVE_MAX_INFLIGHT_PER_WORKER",
-                },
-            }
-        ).encode()
-        self.body = body
-        self.headers = (
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after_s).encode()),
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             return await self.app(scope, receive, send)
-        if self.in_flight >= self.limit:
-            return await self._refuse(scope, send)
-        self.in_flight += 1
+        admission = self.admission
+        if not admission.enter():
+            return await send_reply(send, render_error(admission.refusal(), request_ids.current()))
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            admission.leave()
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        scope[SHED] = True
-        self.refused += 1
-        now = time.monotonic()
-        if now >= self.next_log:
-            self.next_log = now + self.log_every_s
-            log.warning(
-                "overloaded: refused %d request(s) with 503 since the last such line "
-                "(%d in flight, limit %d per worker: MODELSERVE_MAX_INFLIGHT_PER_WORKER)",
-                self.refused,
-                self.in_flight,
-                self.limit,
-            )
-            self.refused = 0
-        # Fresh messages each time: middleware further out may add headers in place.
-        await send({"type": "http.response.start", "status": 503, "headers": list(self.headers)})
-        await send({"type": "http.response.body", "body": self.body})
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    """Send a rendered answer as ASGI messages (the same framing as ``rendered_response``)."""
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 class BodyLimit:
@@ -132,8 +160,10 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         for name, value in scope["headers"]:
             if name == b"content-length" and int(value or 0) > self.limit:
-                response = json_response(self._error(int(value)).body(), 413)
-                return await response(scope, receive, send)
+                error = self._error(int(value))
+                request_id = request_ids.current()
+                log_failed_request(scope["method"], scope["path"], 413, error.error, request_id)
+                return await send_reply(send, render_error(error, request_id))
         received = 0
 
         async def limited_receive() -> Message:
@@ -154,7 +184,7 @@ class BodyLimit:
         )
 
 
-class ConnectionRecycler:
+class Recycling:
     """Closes each keep-alive connection once it is about ``max_age_s`` old.
 
     BentoML's workers accept from one shared listening socket, and the worker that wakes
@@ -185,10 +215,9 @@ class ConnectionRecycler:
     changes. Above it, connections live longer than their age.
     """
 
-    def __init__(self, app: ASGIApp, max_age_s: float, pace: float = 0.0, paced_above: int = 64) -> None:
-        assert max_age_s > 0, f"max_age_s must be > 0, got {max_age_s}"
-        assert pace >= 0, f"pace must be >= 0, got {pace}"
-        self.app = app
+    def __init__(self, max_age_s: float, pace: float = 0.0, paced_above: int = 64) -> None:
+        if max_age_s <= 0 or pace < 0:
+            raise ValueError(f"max_age_s must be > 0 and pace >= 0, got {max_age_s} and {pace}")
         self.max_age_s = max_age_s
         self.pace = pace
         self.paced_above = paced_above
@@ -196,20 +225,6 @@ class ConnectionRecycler:
         self.deadlines: dict[tuple[str, int], float] = {}  # client (host, port) -> when to close
         self.next_sweep = 0.0
         self.random = random.Random()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        if scope["type"] != "http" or client is None:
-            return await self.app(scope, receive, send)
-        if not self.due(client):
-            return await self.app(scope, receive, send)
-
-        async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
-            await send(message)
-
-        await self.app(scope, receive, send_closing)
 
     def due(self, client: tuple[str, int]) -> bool:
         """Whether the answer to this request of ``client``'s connection should close it
@@ -241,18 +256,39 @@ class ConnectionRecycler:
             del self.deadlines[client]
 
 
+class ConnectionRecycler:
+    """The ASGI side of :class:`Recycling`: the answer that is due carries ``Connection: close``."""
+
+    def __init__(self, app: ASGIApp, recycling: Recycling) -> None:
+        self.app = app
+        self.recycling = recycling
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] != "http" or client is None or not self.recycling.due(client):
+            return await self.app(scope, receive, send)
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
 class JsonErrors:
     """Stamps every response with its request id, and makes every error a JSON object with it.
 
-    Every response gets ``X-Request-ID`` (``service.request_ids``: the client's, or one made
-    here), and the id is the current one for the log while the request is handled. An error
-    answer (4xx, 5xx) gets ``"request_id"`` in its body and one log line naming the request
-    (INFO for 4xx, WARNING for 5xx). The framework's plain-text errors (404, 405, 503 from
-    /readyz, ...) become ``{"error": <their text>, "detail": {status, method, path}}``, the
-    shape of every other error.
+    Every response gets ``X-Request-ID`` (``service.platform.request_ids``: the client's, or one
+    made here), and the id is the current one for the log while the request is handled. An
+    error answer rendered by the service (``service.platform.errors.render_error``: it carries
+    the id already, and was logged where it was made) passes untouched. Any other error (4xx,
+    5xx: BentoML's 404 and 504, /readyz's 503, ...) is rendered here the same way: the
+    framework's JSON object, or ``{"error": <its text>, "detail": {status, method, path}}`` for
+    plain text, with the id, and one log line.
 
     Successful answers pay for the id and one header (about a microsecond per request);
-    only errors are buffered and rewritten.
+    only the framework's errors are buffered and rewritten.
     """
 
     def __init__(self, app: ASGIApp, explain: Mapping[str, Explanation] | None = None) -> None:
@@ -266,15 +302,18 @@ class JsonErrors:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = request_id_of(scope["headers"])
-        id_header = (request_ids.HEADER, request_id.encode())
+        id_header = (REQUEST_ID_HEADER, request_id.encode())
         start: Message | None = None
         chunks: list[bytes] = []
 
         async def stamp(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
+                headers = message.get("headers", ())
+                if any(name == REQUEST_ID_HEADER for name, _ in headers):
+                    return await send(message)  # rendered (and an error logged) by the service
                 if message["status"] < 400:
-                    message["headers"] = [*message.get("headers", ()), id_header]
+                    message["headers"] = [*headers, id_header]
                     return await send(message)
                 start = message
                 return None
@@ -283,17 +322,7 @@ class JsonErrors:
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
                 return None
-            body = self._error_body(scope, start, b"".join(chunks), request_id)
-            headers = [
-                (k, v) for k, v in start["headers"] if k.lower() not in (b"content-type", b"content-length")
-            ]
-            headers += [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                id_header,
-            ]
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await self._send_framework_error(scope, start, b"".join(chunks), request_id, send)
             return None
 
         token = request_ids.CURRENT.set(request_id)
@@ -302,13 +331,16 @@ class JsonErrors:
         finally:
             request_ids.CURRENT.reset(token)
 
-    def _error_body(self, scope: Scope, start: Message, body: bytes, request_id: str) -> bytes:
-        """The error's JSON object with ``request_id``; logs the failed request."""
+    async def _send_framework_error(
+        self, scope: Scope, start: Message, body: bytes, request_id: str, send: Send
+    ) -> None:
+        """A framework's error answer, rendered as the service renders its own, and logged."""
         status = start["status"]
         answer = _json_object(body) if _is_json(start["headers"]) else None
         if answer is None:
             text = body.decode("utf-8", "replace").strip() or "error"
-            answer = {"error": text, "detail": framework_detail(scope, status)}
+            where = framework_detail(scope.get("method"), scope.get("path"), status)
+            answer = {"error": text, "detail": where}
             explanation = self.explain.get(scope["path"])
             if explanation is not None:
                 more = explanation()
@@ -316,30 +348,19 @@ class JsonErrors:
                     "error": more.get("error", text),
                     "detail": {**answer["detail"], **more.get("detail", {})},
                 }
-        answer["request_id"] = request_id
-        if scope.get(SHED):  # refused by InFlightLimit, which logs a summary instead
-            return json.dumps(answer).encode()
         log_failed_request(scope.get("method"), scope.get("path"), status, answer.get("error"), request_id)
-        return json.dumps(answer).encode()
-
-
-def log_failed_request(method: Any, path: Any, status: int, error: Any, request_id: str) -> None:
-    """The one log line of a failed request: INFO for 4xx, WARNING for 5xx."""
-    log.log(
-        logging.WARNING if status >= 500 else logging.INFO,
-        "%s %s answered %d: %s (request_id=%s)",
-        method,
-        path,
-        status,
-        error,
-        request_id,
-    )
+        kept = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in start["headers"]
+            if k.lower() not in (b"content-type", b"content-length")
+        }
+        await send_reply(send, render_body(status, answer, request_id, kept))
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        answer = json.loads(body)
-    except ValueError:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
     return answer if isinstance(answer, dict) else None
 
