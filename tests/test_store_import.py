@@ -403,6 +403,25 @@ def test_an_fp16_input(tmp_path: Path) -> None:
     assert manifest.gate.verdict == "passed"
 
 
+def test_external_weights_are_folded_into_one_file(tmp_path: Path) -> None:
+    proto = onnx.load(str(mlp(tmp_path / "inline.onnx")))
+    source = tmp_path / "external.onnx"
+    onnx.save(proto, str(source), save_as_external_data=True, location="external.onnx.data", size_threshold=0)
+    store = tmp_path / "store"
+    result = run_import(source, "--name", "mlp", "--store", store)
+    assert result.returncode == 0, result.stderr
+    manifest, model_path = load_verified(store, "mlp")
+    assert sorted(p.name for p in model_path.parent.iterdir()) == [MANIFEST_FILE, MODEL_FILE]
+    published = onnx.load(str(model_path), load_external_data=False)
+    assert all(not t.external_data for t in published.graph.initializer)
+    x = np.ones((2, 4), dtype=np.float32)
+    expected = ort.InferenceSession(str(tmp_path / "inline.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["y"], {"x": x}
+    )[0]
+    np.testing.assert_array_equal(run_published(store, "mlp", {"x": x})["y"], expected)
+    assert manifest.imported["file"] == "external.onnx"
+
+
 def test_the_default_store_is_the_services(tmp_path: Path) -> None:
     store = tmp_path / "service-store"
     env = {**os.environ, "MODELSERVE_MODEL_STORE": str(store)}
