@@ -6,23 +6,44 @@ PORT   ?= 3000
 # The GPU build of ONNX Runtime where a GPU is visible, the lean CPU build everywhere else.
 ORT    ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test models smoke-train lint format fuzz bench loadtest build clean
+.PHONY: serve test models smoke-train lint format fuzz bench loadtest build clean deps-canary
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# One stamp per set of extras, so a change to pyproject.toml reinstalls.
-$(VENV)/.serve-$(ORT): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[$(ORT)]"
+# Installs come from lock files with hashes, made from pyproject.toml by `make lock`
+# (docs/dependencies.md): the serving set (on a CPU host the image's own lock) and the test set,
+# everything the other targets run. Both are resolved for Python 3.11 on Linux x86_64.
+SERVE_LOCK := $(if $(filter gpu,$(ORT)),requirements/serve-gpu.lock container/requirements-build.lock,container/requirements-cpu.lock container/requirements-build.lock)
+TEST_LOCK  := requirements/test-$(ORT).lock
+# torch is pinned by version only: pip's own sources give its CPU build here; elsewhere name
+# an index that has it, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH       = $(shell sed -n 's/^ *"\(torch==[^"]*\)",*$$/\1/p' pyproject.toml)
+TORCH_INDEX ?=
+
+# install-locked LOCKS: exactly the locks' versions, each file checked against its sha256 (pip
+# refuses a file, or a dependency, that the lock does not list), then the project itself without
+# dependencies, built by the locked setuptools.
+define install-locked
+@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+  echo "error: the lock files are for Python 3.11; make clean, then PYTHON=python3.11" >&2; exit 1; }
+$(BIN)/pip install -q --require-hashes --only-binary=:all: $(addprefix -r ,$(1))
+$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+endef
+
+# One stamp per set, so a change to a lock or to pyproject.toml reinstalls.
+$(VENV)/.serve-$(ORT): $(SERVE_LOCK) pyproject.toml | $(BIN)/python
+	$(call install-locked,$(SERVE_LOCK))
 	touch $@
 
-$(VENV)/.test-$(ORT): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[$(ORT),train,dev]"
+$(VENV)/.test-$(ORT): $(TEST_LOCK) pyproject.toml | $(BIN)/python
+	$(call install-locked,$(TEST_LOCK))
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	touch $@
 
-$(VENV)/.bench-$(ORT): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[$(ORT),bench,load]"
+# The benchmark's and the dev tools' sets are the test set: one environment, one lock.
+$(VENV)/.bench-$(ORT): $(VENV)/.test-$(ORT)
 	touch $@
 
 ## serve: install the service and serve model_store/ on http://127.0.0.1:$(PORT)
@@ -84,8 +105,7 @@ container-host image image-test image-gpu: export CONTAINERS_CONF := $(CONTAINER
 .PHONY: container-host image image-test image-gpu lock lock-check lint-docker
 
 # The service and the dev tools (uv, hadolint, httpx, tritonclient): what the image targets run.
-$(VENV)/.dev-$(ORT): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[$(ORT),dev]"
+$(VENV)/.dev-$(ORT): $(VENV)/.test-$(ORT)
 	touch $@
 
 # podman, buildah, runc and debootstrap from Debian's packages when missing, and the private
@@ -109,13 +129,17 @@ image-test: container-host $(VENV)/.dev-$(ORT)
 image-gpu: container-host $(VENV)/.serve-$(ORT)
 	BENTOML=$(BIN)/bentoml PYTHON=$(BIN)/python IMAGE=$(IMAGE) VARIANT=gpu container/build.sh
 
-## lock: regenerate container/requirements-*.lock (pinned, with hashes) from pyproject.toml
+## lock: regenerate every lock file (requirements/*.lock, container/requirements-*.lock) from pyproject.toml; UPGRADE="pkg ..." moves those packages to their newest allowed versions
 lock: $(VENV)/.dev-$(ORT)
-	UV=$(BIN)/uv PYTHON=$(BIN)/python container/lock.sh
+	UV=$(BIN)/uv PYTHON=$(BIN)/python UPGRADE="$(UPGRADE)" container/lock.sh
 
-## lock-check: fail if a lock file is not current with pyproject.toml
+## lock-check: fail if any lock file is not current with pyproject.toml
 lock-check: $(VENV)/.dev-$(ORT)
 	UV=$(BIN)/uv PYTHON=$(BIN)/python container/lock.sh --check
+
+## deps-canary: the newest versions pyproject.toml allows, uvicorn, starlette, kantoku, bentoml and fastapi unpinned, in a throwaway venv; runs the test suite there (not in CI; docs/dependencies.md)
+deps-canary:
+	PYTHON=$(PYTHON) ORT=$(ORT) TORCH_INDEX=$(TORCH_INDEX) requirements/deps-canary.sh $(PYTEST_ARGS)
 
 ## lint-docker: hadolint over the CPU and GPU Dockerfiles
 lint-docker: $(VENV)/.dev-$(ORT)
