@@ -17,7 +17,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,7 +112,7 @@ def default_store() -> Path:
     return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
-def import_model(path: Path, options: ImportOptions, say=print) -> ImportResult:
+def import_model(path: Path, options: ImportOptions, say: Callable[[str], None] = print) -> ImportResult:
     """Check ``path``, publish it as the next version of ``options.name``; raise ImportRefused.
 
     Nothing is written to the store unless every check passes. ``say`` reports progress.
@@ -134,7 +134,7 @@ def import_model(path: Path, options: ImportOptions, say=print) -> ImportResult:
         inputs, outputs, dim_names = _interface(proto, options)
         say("loading it in ONNX Runtime (CPU)")
         session = _load_session(staged)
-        _check_session_agrees(session, inputs, options)
+        _check_session_agrees(session, inputs)
         serving = _serving(inputs, outputs, dim_names, proto, options)
         metrics: dict[str, Any] = {}
         gate = Gate.unchecked()
@@ -183,11 +183,12 @@ def import_model(path: Path, options: ImportOptions, say=print) -> ImportResult:
 # --- the file --------------------------------------------------------------------------------
 
 
-def _stage(path: Path, staged: Path, say) -> onnx.ModelProto:
-    """Copy ``path`` to ``staged`` (self-contained), run the full onnx.checker; the graph."""
+def _stage(path: Path, staged: Path, say: Callable[[str], None]) -> onnx.ModelProto:
+    """Copy ``path`` to ``staged`` (self-contained), check the copy fully; the graph."""
     say(f"checking {path} with onnx.checker (full check)")
+    shutil.copyfile(path, staged)
     try:
-        head = onnx.load(str(path), load_external_data=False)
+        head = onnx.load(str(staged), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends: the file is not ONNX at all
         raise ImportRefused(f"{path} is not an ONNX model: {_brief(exc)}") from exc
     external = sorted({_location(t) for t in _tensors(head.graph) if _is_external(t)})
@@ -200,16 +201,18 @@ def _stage(path: Path, staged: Path, say) -> onnx.ModelProto:
                 f"{path} keeps its weights in {', '.join(external)} ({size / 2**30:.1f} GiB in all); the "
                 "store holds one self-contained model.onnx per version, which protobuf limits to 2 GiB"
             )
+        try:
+            # Weights in external files (found beside the user's file) are folded into the one
+            # file the store keeps and hashes.
+            onnx.save(onnx.load(str(path)), str(staged))
+        except Exception as exc:
+            raise ImportRefused(f"the external weights of {path} cannot be read: {_brief(exc)}") from exc
     try:
-        # By path: the checker then reads external weights itself and handles models of any size.
-        onnx.checker.check_model(str(path), full_check=True)
+        # Given a path, the checker reads the file itself, so no protobuf size limit applies to
+        # the check; it runs on the copy, which is the file that will be published.
+        onnx.checker.check_model(str(staged), full_check=True)
     except Exception as exc:
         raise ImportRefused(f"onnx.checker refuses {path}: {_brief(exc)}") from exc
-    if external:
-        # Weights in external files are folded into the one file the store keeps and hashes.
-        onnx.save(onnx.load(str(path)), str(staged))
-    else:
-        shutil.copyfile(path, staged)
     return onnx.load(str(staged), load_external_data=False)
 
 
@@ -259,7 +262,7 @@ def _brief(exc: Exception) -> str:
 def _interface(
     proto: onnx.ModelProto, options: ImportOptions
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict[str, tuple[str | None, ...]]]:
-    """The inputs clients feed and the outputs the graph has, as manifest specs, and axis names.
+    """The inputs clients feed and the outputs returned, as manifest specs, and their axis names.
 
     Non-tensor values among the inputs and the exposed outputs are refused, and so are
     datatypes V2 cannot carry; an output the user leaves out with ``--outputs`` may be anything.
@@ -277,11 +280,10 @@ def _interface(
     dim_names: dict[str, tuple[str | None, ...]] = {}
     for kind, names in (("input", input_order), ("output", [v.name for v in graph_outputs])):
         for name in names:
+            if kind == "output" and name not in output_order:
+                continue  # left out with --outputs: never run, so it may be anything
             value = by_name[name]
-            exposed = kind == "input" or name in output_order
-            datatype = _datatype(kind, value, exposed)
-            if datatype is None:  # an output left out with --outputs
-                continue
+            datatype = _datatype(kind, value)
             if not value.type.tensor_type.HasField("shape"):
                 # Exporters sometimes leave an output's shape out; ONNX shape inference can
                 # usually recover it from the graph.
@@ -321,10 +323,8 @@ def _chosen(kind: str, chosen: Sequence[str] | None, present: list[str], every: 
     return list(chosen)
 
 
-def _datatype(kind: str, value: onnx.ValueInfoProto, exposed: bool) -> str | None:
-    """The V2 datatype of ``value``; None for an output not exposed; raise if it has none."""
-    if not exposed:
-        return None
+def _datatype(kind: str, value: onnx.ValueInfoProto) -> str:
+    """The V2 datatype of ``value``; raise ImportRefused if it has none."""
     which = value.type.WhichOneof("value")
     if which != "tensor_type":
         described = _describe_type(value.type)
@@ -332,14 +332,14 @@ def _datatype(kind: str, value: onnx.ValueInfoProto, exposed: bool) -> str | Non
             _ZIPMAP_HINT
             if which == "sequence_type"
             and value.type.sequence_type.elem_type.WhichOneof("value") == "map_type"
-            else "change the graph to give a tensor"
+            else "Change the graph to give a tensor"
         )
         leave_out = (
             "; or leave it out with --outputs (naming the outputs to return)" if kind == "output" else ""
         )
         raise ImportRefused(
             f"{kind} {value.name!r} is a {described}, not a tensor: the Open Inference Protocol carries "
-            f"tensors only. {hint[0].upper()}{hint[1:]}{leave_out}"
+            f"tensors only. {hint}{leave_out}"
         )
     elem_type = value.type.tensor_type.elem_type
     if elem_type not in _DATATYPES:
@@ -353,19 +353,37 @@ def _datatype(kind: str, value: onnx.ValueInfoProto, exposed: bool) -> str | Non
 
 
 def _describe_type(type_proto: onnx.TypeProto) -> str:
+    """What a non-tensor value is, in words and in ONNX Runtime's notation."""
     which = type_proto.WhichOneof("value")
-    if which == "sequence_type":
-        return f"sequence of {_describe_type(type_proto.sequence_type.elem_type)}s"
-    if which == "map_type":
-        key = onnx.TensorProto.DataType.Name(type_proto.map_type.key_type).lower()
-        return f"map from {key} to {_describe_type(type_proto.map_type.value_type)}"
-    if which == "optional_type":
-        return f"optional {_describe_type(type_proto.optional_type.elem_type)}"
-    if which == "sparse_tensor_type":
-        return "sparse tensor"
+    words = {
+        "sequence_type": "sequence",
+        "map_type": "map",
+        "optional_type": "optional value",
+        "sparse_tensor_type": "sparse tensor",
+    }.get(which, "value of unknown type")
+    if which == "sequence_type" and type_proto.sequence_type.elem_type.WhichOneof("value") == "map_type":
+        words = "sequence of maps"
+    return f"{words} ({_notation(type_proto)})"
+
+
+def _notation(type_proto: onnx.TypeProto) -> str:
+    which = type_proto.WhichOneof("value")
     if which == "tensor_type":
-        return "tensor"
-    return "value of unknown type"
+        return f"tensor({_elem_name(type_proto.tensor_type.elem_type)})"
+    if which == "sparse_tensor_type":
+        return f"sparse_tensor({_elem_name(type_proto.sparse_tensor_type.elem_type)})"
+    if which == "sequence_type":
+        return f"seq({_notation(type_proto.sequence_type.elem_type)})"
+    if which == "optional_type":
+        return f"optional({_notation(type_proto.optional_type.elem_type)})"
+    if which == "map_type":
+        key = _elem_name(type_proto.map_type.key_type)
+        return f"map({key},{_notation(type_proto.map_type.value_type)})"
+    return "?"
+
+
+def _elem_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type).lower() if elem_type else "undefined"
 
 
 def _shape(kind: str, value: onnx.ValueInfoProto) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
@@ -391,9 +409,7 @@ def _shape(kind: str, value: onnx.ValueInfoProto) -> tuple[tuple[int, ...], tupl
     return tuple(shape), tuple(names)
 
 
-def _check_session_agrees(
-    session: ort.InferenceSession, inputs: tuple[TensorSpec, ...], options: ImportOptions
-) -> None:
+def _check_session_agrees(session: ort.InferenceSession, inputs: tuple[TensorSpec, ...]) -> None:
     """ONNX Runtime must see the inputs the graph declares (it decides what must be fed)."""
     fed = {arg.name: arg for arg in session.get_inputs()}
     declared = {spec.name for spec in inputs}

@@ -462,7 +462,10 @@ def test_a_sequence_of_maps_output_is_refused_with_the_option_that_avoids_it(
     tmp_path: Path, store: Path
 ) -> None:
     message = refused(store, zipmap_classifier(tmp_path / "zipmap.onnx"), name="iris")
-    assert "output 'output_probability' is a sequence of map from int64 to tensors" in message
+    assert (
+        "output 'output_probability' is a sequence of maps (seq(map(int64,tensor(float)))), not a tensor"
+        in message
+    )
     assert '{"zipmap": False}' in message and "--outputs" in message
     assert not (store / "iris").exists()
 
@@ -475,7 +478,7 @@ def test_a_sequence_output_is_refused(tmp_path: Path, store: Path) -> None:
         [oh.make_tensor_sequence_value_info("pieces", TensorProto.FLOAT, None)],
     )
     message = refused(store, source)
-    assert "output 'pieces' is a sequence of tensors, not a tensor" in message
+    assert "output 'pieces' is a sequence (seq(tensor(float))), not a tensor" in message
 
 
 @pytest.mark.parametrize(
@@ -576,7 +579,10 @@ def test_skl2onnx_default_zipmap_output_is_refused(tmp_path: Path, store: Path) 
     source = tmp_path / "iris.onnx"
     source.write_bytes(skl2onnx.to_onnx(pipeline, features[:1]).SerializeToString())
     message = refused(store, source, name="iris")
-    assert "output 'output_probability' is a sequence of map from int64 to tensors, not a tensor" in message
+    assert (
+        "output 'output_probability' is a sequence of maps (seq(map(int64,tensor(float)))), not a tensor"
+        in message
+    )
     assert 'options={id(clf): {"zipmap": False}}' in message
 
 
