@@ -588,7 +588,7 @@ def _run_check(
     bar = QualityCheck(
         "check_mismatches",
         "<=",
-        0,
+        0.0,
         f"every value of the outputs in {check.name} within atol {options.atol:g} + rtol "
         f"{options.rtol:g} x |expected| (exactly equal for integers, booleans and strings)",
     )
