@@ -156,5 +156,23 @@ ops-check:
 	promtool test rules deploy/prometheus/alerts_test.yml
 	dir=$$(mktemp -d); TLS_EXAMPLE_DIR=$$dir deploy/tls/run-example.sh --check; status=$$?; rm -rf $$dir; exit $$status
 
+# ---- A fleet behind HAProxy, and the pod as Kubernetes runs it (docs/fleet.md) ----
+.PHONY: fleet-test kube-play-test
+
+## fleet-test: HAProxy (deploy/haproxy) in front of three replicas under Locust: rolling SIGTERM restart and model rollout with 0 failed requests, SIGKILL counted; writes docs/evidence/fleet.md
+# Installs Debian's haproxy when missing. The script stops everything it started however it ends;
+# `timeout` bounds it from outside too (SIGTERM first, which it turns into a clean stop).
+fleet-test: $(VENV)/.bench-$(ORT)
+	deploy/haproxy/install-haproxy.sh
+	timeout --kill-after=30 480 $(BIN)/python loadtests/fleet.py --deadline-s 420 --evidence docs/evidence/fleet.md
+
+kube-play-test: export CONTAINERS_DIR := $(CONTAINERS_DIR)
+kube-play-test: export CONTAINERS_STORAGE_CONF := $(CONTAINERS_DIR)/storage.conf
+kube-play-test: export CONTAINERS_CONF := $(CONTAINERS_DIR)/containers.conf
+
+## kube-play-test: after `make image`: podman kube play of the rendered Deployment (as rendered, then with a 1-CPU limit), checked; the pod is always removed; writes docs/evidence/kube-play.md
+kube-play-test: container-host $(VENV)/.dev-$(ORT)
+	timeout --kill-after=30 420 $(BIN)/python container/kube_play_test.py --cpu-limit 1 --evidence docs/evidence/kube-play.md
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

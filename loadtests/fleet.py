@@ -307,6 +307,7 @@ class LoadResult:
     p99_ms: float
     failure_kinds: list[str]
     exit_code: int
+    by_endpoint: dict[str, int]
 
 
 class Load:
@@ -360,8 +361,18 @@ class Load:
         if failures_csv.exists():
             for row in csv.DictReader(failures_csv.open()):
                 kinds.append(f"{row['Occurrences']} x {row['Method']} {row['Name']}: {row['Error']}")
+        by_endpoint = {
+            f"{row['Type']} {row['Name']}": int(row["Request Count"])
+            for row in csv.DictReader(io.StringIO(Path(f"{self.prefix}_stats.csv").read_text()))
+            if row["Name"] != "Aggregated"
+        }
         return LoadResult(
-            measured["requests"], measured["failures"], measured["p99_ms"], kinds, self.process.returncode
+            measured["requests"],
+            measured["failures"],
+            measured["p99_ms"],
+            kinds,
+            self.process.returncode,
+            by_endpoint,
         )
 
     def kill(self) -> None:
@@ -678,6 +689,11 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"- {figures['killed']}: HAProxy saw it down {figures['down_after_s']} s after SIGKILL; "
                 f"the fleet was whole again {figures['whole_again_s']} s after it"
+            )
+        endpoints = figures.get("load", {}).get("by_endpoint", {})
+        if endpoints:
+            lines.append(
+                "- requests by endpoint: " + ", ".join(f"`{k}` {v:,}" for k, v in sorted(endpoints.items()))
             )
         for kind in figures.get("load", {}).get("failure_kinds", []):
             lines.append(f"- failure: {kind}")
