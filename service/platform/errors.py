@@ -26,7 +26,18 @@ JSON = b"application/json"
 
 
 class ApiError(Exception):
-    """An error with an HTTP status, a message and (optionally) where it happened."""
+    """An error with an HTTP status, a message and (optionally) where it happened.
+
+    The sections below (Status, When, Example, Client) are docs/errors.md's catalogue, written
+    by ``python -m tools.reference``. The framework's own 405 is rendered in the same shape:
+
+    Status: 405
+    When: a route is asked with a method it does not take (``GET /classify``; the task and
+    ``infer`` routes take POST, health and model metadata GET).
+    Example: {"error": "Method Not Allowed", "detail": {"status": 405, "method": "GET",
+    "path": "/classify"}, "request_id": "12fe0efb0f-18"}
+    Client: use the route's method (the OpenAPI document at ``/docs.json`` lists them).
+    """
 
     status = 400
 
@@ -53,29 +64,90 @@ class ApiError(Exception):
 
 
 class InvalidInput(ApiError):
+    """The request is not one the route accepts.
+
+    When: the body or a tensor fails validation: a field missing, of the wrong type or out of
+    range, a shape or datatype the model does not take, a forecaster row shorter than the
+    model's ``min_length``. Also a request line or headers that cannot be parsed
+    (``invalid HTTP request``; the connection is then closed).
+    Example: {"error": "invalid request: images[0][0][7]: Input should be less than or equal
+    to 16", "detail": [{"field": "images[0][0][7]", "message": "Input should be less than or
+    equal to 16"}], "request_id": "12fe0efb0f-13"}
+    Client: fix the request: ``error`` names the first field at fault and ``detail`` lists up
+    to 20. Sent again unchanged, it fails again.
+    """
+
     status = 400
 
 
 class NotFound(ApiError):
+    """No such route, model or model version.
+
+    When: the path is no route (``detail`` holds the method and path), the model is not served
+    (``detail.available`` lists those that are), or the version asked for is not (or no longer)
+    served.
+    Example: {"error": "unknown model 'nope'", "detail": {"model": "nope", "available":
+    ["classifier", "forecaster", "generator"]}, "request_id": "12fe0efb0f-16"}
+    Client: check the name against ``GET /v2/models/{name}`` (which lists the versions served);
+    leave the version out to get whichever is served.
+    """
+
     status = 404
 
 
 class RequestTimeout(ApiError):
-    """The client was too slow: headers or body did not arrive in time."""
+    """The client was too slow: headers or body did not arrive in time.
+
+    When: the headers were not complete ``MODELSERVE_HEADER_TIMEOUT_S`` after the request's
+    first byte, or the body paused for ``MODELSERVE_BODY_TIMEOUT_S`` or arrived slower than
+    ``MODELSERVE_BODY_MIN_RATE_BPS``. The connection is closed after the answer.
+    Example: {"error": "request timeout", "detail": "the request headers were not complete
+    within 10 s", "request_id": "12fe0efb0f-21"}
+    Client: send the whole request at once, on a new connection; nothing was run, so sending
+    it again is safe.
+    """
 
     status = 408
 
 
 class PayloadTooLarge(ApiError):
+    """The request is over one of the service's size limits.
+
+    When: the body is over ``MODELSERVE_MAX_BODY_BYTES``, it holds more items than
+    ``MODELSERVE_MAX_ITEMS_PER_REQUEST`` or more history values than
+    ``MODELSERVE_MAX_SERIES_POINTS_PER_REQUEST``, or an uploaded picture has more pixels than
+    ``MODELSERVE_MAX_IMAGE_PIXELS``. ``error`` names the limit and its setting.
+    Example: {"error": "labels: 1025 items is more than the limit of 1024 per request
+    (MODELSERVE_MAX_ITEMS_PER_REQUEST)", "detail": {"field": "labels", "limit": 1024},
+    "request_id": "12fe0efb0f-20"}
+    Client: split the work into smaller requests (the service batches them together again).
+    """
+
     status = 413
 
 
 class UnsupportedMediaType(ApiError):
+    """The body is not of a type the route reads.
+
+    When: a JSON route got another content type, ``/classify_image`` got no
+    ``multipart/form-data`` upload, or the uploaded file is not a PNG or JPEG picture.
+    Example: {"error": "content-type 'text/plain' is not accepted; send application/json",
+    "detail": {"content_type": "text/plain"}, "request_id": "12fe0efb0f-19"}
+    Client: send ``content-type: application/json`` (``curl -H``, or ``httpx``'s ``json=``),
+    or a PNG or JPEG file as the ``image`` field of a form upload.
+    """
+
     status = 415
 
 
 class InternalError(ApiError):
-    """A bug, not the client's fault: the cause goes to the log, never to the client."""
+    """A bug, not the client's fault: the cause goes to the log, never to the client.
+
+    When: something failed that should not have (a model's run raised, say); the server log
+    has the traceback under the same request id, and ``modelserve_errors_total{status="500"}``
+    counts it. A model's failed run names the model in ``detail``.
+    Client: report it with the ``request_id``; sent again, it will most likely fail the same way.
+    """
 
     status = 500
 
@@ -84,7 +156,20 @@ class InternalError(ApiError):
 
 
 class Unavailable(ApiError):
-    """Overloaded or not ready: the client may retry later."""
+    """Overloaded or not ready: the client may retry later.
+
+    When: a worker already holds ``MODELSERVE_MAX_INFLIGHT_PER_WORKER`` requests, a model's
+    queue is full (``MODELSERVE_BATCH__MAX_QUEUE_SIZE``) or a request waited longer than
+    ``MODELSERVE_BATCH__QUEUE_TIMEOUT_S`` in it, the service is starting or draining after
+    SIGTERM, or the model failed to load (``detail.reason``). Always with a ``Retry-After``
+    header.
+    Example: {"error": "overloaded: too many requests in flight, retry later", "detail":
+    {"limit_per_worker": 512, "retry_after_s": 1, "setting":
+    "MODELSERVE_MAX_INFLIGHT_PER_WORKER"}, "request_id": "12fe0efb0f-22"}
+    Client: wait ``Retry-After`` seconds and send it again, to another replica if there is one;
+    the request was not run. Many of them mean the service needs more replicas
+    (docs/operations.md alerts on it).
+    """
 
     status = 503
 
@@ -97,6 +182,11 @@ class Timeout(ApiError):
 
     Worded as BentoML's own timeout middleware words it, so that a client sees one message
     whichever of the two answered.
+
+    When: the request was not answered within ``MODELSERVE_HTTP_TIMEOUT_S`` (2 s by default),
+    which every request the size limits admit meets on an unloaded server: a 504 means the
+    server is overloaded or a model is far slower than it should be.
+    Client: send it again after a pause; if 504s persist, the service needs more replicas.
     """
 
     status = 504
