@@ -85,8 +85,14 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return body[:length], memoryview(body)[length:]
 
 
-def decode_inputs(request: InferRequest, binary: memoryview, manifest: Manifest) -> dict[str, np.ndarray]:
-    """Input tensors by name, each checked against the model's declared inputs."""
+def decode_inputs(
+    request: InferRequest, binary: memoryview, manifest: Manifest, batched: bool = True
+) -> dict[str, np.ndarray]:
+    """Input tensors by name, each checked against the model's declared inputs.
+
+    ``batched``: axis 0 of every input is the batch, so the inputs must agree on its size and
+    it must not be 0. A model without a batch axis takes each input as it is, rank 0 included.
+    """
     declared = {spec.name: spec for spec in manifest.inputs}
     tensors: dict[str, np.ndarray] = {}
     offset = 0
@@ -112,6 +118,8 @@ def decode_inputs(request: InferRequest, binary: memoryview, manifest: Manifest)
     missing = sorted(set(declared) - set(tensors))
     if missing:
         raise InvalidInput(f"{manifest.name} needs the inputs {missing}", {"tensor": missing[0]})
+    if not batched:
+        return tensors
     batch_sizes = {name: array.shape[0] for name, array in tensors.items()}
     if len(set(batch_sizes.values())) > 1:
         raise InvalidInput(f"the inputs disagree on the batch size: {batch_sizes}")
@@ -184,7 +192,6 @@ def boolean_parameter(where: str, tensor: str | None, parameters: dict[str, Any]
 
 def tensor_data(tensor: InferInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """The tensor's array, and how many bytes of the binary tail it used."""
-    dtype = np.dtype(NUMPY_DTYPES[tensor.datatype]).newbyteorder("<")
     count = math.prod(tensor.shape)
     size = binary_data_size(tensor)
     if size is not None:
@@ -193,6 +200,17 @@ def tensor_data(tensor: InferInput, binary: memoryview, offset: int) -> tuple[np
                 f"input {tensor.name!r}", tensor.name, "binary_data_size", "is given together with data"
             )
         left = len(binary) - offset
+        if tensor.datatype == "BYTES":
+            if size > left:
+                raise bad_parameter(
+                    f"input {tensor.name!r}",
+                    tensor.name,
+                    "binary_data_size",
+                    f"is {size}, and {left} bytes of binary data are left",
+                )
+            strings = bytes_elements(tensor, binary[offset : offset + size], count)
+            return strings.reshape(tensor.shape), size
+        dtype = NUMPY_DTYPES[tensor.datatype].newbyteorder("<")
         if size != count * dtype.itemsize or size > left:
             raise bad_parameter(
                 f"input {tensor.name!r}",
@@ -204,7 +222,63 @@ def tensor_data(tensor: InferInput, binary: memoryview, offset: int) -> tuple[np
         return np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(tensor.shape), size
     if tensor.data is None:
         raise InvalidInput(f"input {tensor.name!r} has no data", {"tensor": tensor.name})
-    return json_array(tensor, dtype, count), 0
+    if tensor.datatype == "BYTES":
+        return json_strings(tensor, count), 0
+    return json_array(tensor, NUMPY_DTYPES[tensor.datatype], count), 0
+
+
+def bytes_elements(tensor: InferInput, data: memoryview, count: int) -> np.ndarray:
+    """``count`` strings from BYTES binary data: each a 4-byte little-endian length, then its bytes.
+
+    As an object array of ``str``, which is what ONNX Runtime takes for a string tensor (it
+    would turn a ``bytes`` element into the text ``"b'...'"``); an element that is not UTF-8 is
+    refused rather than altered.
+    """
+    strings = np.empty(count, dtype=object)
+    position = 0
+    for i in range(count):
+        length = int.from_bytes(data[position : position + 4], "little") if position + 4 <= len(data) else -1
+        end = position + 4 + length
+        if length < 0 or end > len(data):
+            raise bad_parameter(
+                f"input {tensor.name!r}",
+                tensor.name,
+                "binary_data_size",
+                f"is {len(data)}: those bytes end inside element {i} of {count} (BYTES elements are "
+                "each a 4-byte little-endian length followed by that many bytes)",
+            )
+        try:
+            strings[i] = str(data[position + 4 : end], "utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"input {tensor.name!r}: element {i} is not UTF-8 text", {"tensor": tensor.name, "index": i}
+            ) from None
+        position = end
+    if position != len(data):
+        raise bad_parameter(
+            f"input {tensor.name!r}",
+            tensor.name,
+            "binary_data_size",
+            f"is {len(data)}, but the {count} elements of shape {tensor.shape} take {position} bytes",
+        )
+    return strings
+
+
+def json_strings(tensor: InferInput, count: int) -> np.ndarray:
+    """A BYTES tensor from JSON: strings, flat or nested, as an object array of ``str``."""
+    try:
+        raw = np.asarray(tensor.data, dtype=object)
+    except ValueError:
+        raise InvalidInput(f"input {tensor.name!r}: data is a ragged list", {"tensor": tensor.name}) from None
+    # A ragged nested list becomes an array of lists here: those elements are not strings either.
+    if not all(isinstance(element, str) for element in raw.flat):
+        raise InvalidInput(f"input {tensor.name!r}: data must hold strings (BYTES)", {"tensor": tensor.name})
+    if raw.size != count:
+        raise InvalidInput(
+            f"input {tensor.name!r}: {raw.size} values do not fill shape {tensor.shape}",
+            {"tensor": tensor.name},
+        )
+    return raw.reshape(tensor.shape)
 
 
 def json_array(tensor: InferInput, dtype: np.dtype, count: int) -> np.ndarray:
@@ -265,7 +339,15 @@ def encode_outputs(
             "datatype": manifest.output(name).datatype,
             "shape": list(array.shape),
         }
-        if as_binary:
+        if array.dtype.kind == "O":  # BYTES: strings, as ONNX Runtime gives them
+            strings = [_utf8(element) for element in array.ravel().tolist()]
+            if as_binary:
+                data = b"".join(len(b).to_bytes(4, "little") + b for b in strings)
+                entry["parameters"] = {"binary_data_size": len(data)}
+                chunks.append(data)
+            else:
+                entry["data"] = [b.decode("utf-8", "replace") for b in strings]
+        elif as_binary:
             data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
@@ -273,6 +355,11 @@ def encode_outputs(
             entry["data"] = np.ascontiguousarray(array).ravel()
         described.append(entry)
     return described, chunks
+
+
+def _utf8(element: Any) -> bytes:
+    """One BYTES element as bytes: ONNX Runtime gives ``str``; ``bytes`` pass as they are."""
+    return element if isinstance(element, bytes) else str(element).encode("utf-8")
 
 
 # --- routes --------------------------------------------------------------------------------
@@ -339,6 +426,9 @@ async def model_version_metadata(request: Request, name: ModelName, version: Mod
     manifest = model.manifest
     # The provider the session really got, which can differ from the one asked for.
     runtime = {"execution_provider": model.provider}
+    # The quality verdict the version was published with: "unchecked" for an imported model that
+    # nothing checked, which is served, and must say so (none for manifests older than gates).
+    verdict = {} if manifest.gate is None else {"verdict": manifest.gate.verdict}
     # Every version this worker serves: the default first, then one being replaced (a swap's grace).
     served = registry_of(request).served_versions(name)
     return json_response(
@@ -348,7 +438,13 @@ async def model_version_metadata(request: Request, name: ModelName, version: Mod
             "platform": "onnxruntime_onnx",
             "inputs": [spec.to_dict() for spec in manifest.inputs],
             "outputs": [spec.to_dict() for spec in manifest.outputs],
-            "parameters": {"task": manifest.task, "labels": manifest.labels, **manifest.serving, **runtime},
+            "parameters": {
+                "task": manifest.task,
+                "labels": manifest.labels,
+                **manifest.serving,
+                **runtime,
+                **verdict,
+            },
         }
     )
 
@@ -436,7 +532,7 @@ async def _infer(request: Request, pipeline: Pipeline) -> Response:
     header, binary = split_body(await request.body(), header_length)
     infer_request = parse(header, InferRequest)
     manifest = pipeline.model.manifest
-    tensors = decode_inputs(infer_request, binary, manifest)
+    tensors = decode_inputs(infer_request, binary, manifest, pipeline.batched)
     plan = requested_outputs(infer_request, manifest)
     outputs, chunks = encode_outputs(plan, await pipeline.answer_tensors(tensors), manifest)
     answer: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version)}

@@ -54,12 +54,14 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
     # Whether ONNX Runtime runs off the event loop unless the settings say otherwise: worth
     # a thread hand-off only when a batch takes long enough to hold up other requests.
     run_in_thread_by_default = False
+    # Whether axis 0 of every V2 input is the batch (its inputs must then agree on its size).
+    batched = True
 
     def __init__(self, model: LoadedModel, settings: Settings) -> None:
         self.model = model
         self.settings = settings
         self.metrics = ModelMetrics(model.name, model.version)
-        policy: BatchPolicy = settings.batch_policy(model.name, on_gpu=model.on_gpu)
+        policy = self.batch_policy(model, settings)
         in_thread = self.run_in_thread_by_default if policy.run_in_thread is None else policy.run_in_thread
         concurrency = (policy.max_concurrent_batches or cpu_budget().workers) if in_thread else 1
         self._executor = (
@@ -77,6 +79,10 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
             on_batch=self._on_batch,
         )
         self.max_batch_size = policy.max_batch_size
+
+    def batch_policy(self, model: LoadedModel, settings: Settings) -> BatchPolicy:
+        """How this model's requests are batched: the settings' policy for it (by default)."""
+        return settings.batch_policy(model.name, on_gpu=model.on_gpu)
 
     # --- the contract: each kind of model provides these -------------------------------------
 
@@ -327,7 +333,8 @@ class GeneratorPipeline(Pipeline[GenerateRequest, tuple[np.ndarray, int], np.nda
 
     def prepare(self, body: GenerateRequest) -> GenerateRequest:
         if body.seed is None:  # the client left the seed to us; the answer reports the one drawn
-            body = body.model_copy(update={"seed": secrets.randbits(63)})
+            # Within the schema's range (JSON-safe integers), so the reported seed can be sent back.
+            body = body.model_copy(update={"seed": secrets.randbelow(2**53)})
         return body
 
     def decode(self, body: GenerateRequest) -> list[tuple[np.ndarray, int]]:

@@ -34,11 +34,13 @@ from service.inference.runtime import (
     SessionConfig,
     preload_cuda_libraries,
 )
+from service.inference.tensor_pipeline import TensorPipeline
 from service.platform.errors import NotFound, Unavailable
 from service.platform.settings import Settings
 from store_format import (
     MANIFEST_FILE,
     MODEL_FILE,
+    TENSOR_TASK,
     IntegrityError,
     ManifestError,
     latest_version,
@@ -76,7 +78,11 @@ def load_pipeline(settings: Settings, name: str, version: int | None, config: Se
     # Only a TensorRT engine needs the largest batch before the pipeline exists (its profile).
     largest = settings.batch_policy(name, on_gpu=True).max_batch_size
     model = LoadedModel.load(settings.model_store, name, version, config, largest)
-    pipeline_type = PIPELINES.get(model.manifest.task)
+    # A model imported with `python -m store_format import` (task "tensor") is served by the
+    # generic pipeline; the built-in models by their task's own.
+    pipeline_type = (
+        TensorPipeline if model.manifest.task == TENSOR_TASK else PIPELINES.get(model.manifest.task)
+    )
     if pipeline_type is None:
         raise ModelLoadError(f"{model.label}: no pipeline serves task {model.manifest.task!r}")
     pipeline = pipeline_type(model, settings)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from store_format import Manifest, TensorSpec, load_verified
+from store_format import NUMPY_DTYPE_NAMES, ORT_DATATYPES, Manifest, TensorSpec, load_verified
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +34,11 @@ GPU_PROVIDERS = (TENSORRT, CUDA)
 # IO binding names devices this way (OrtDevice), not by provider.
 _DEVICE_TYPES = {CPU: "cpu", CUDA: "cuda", TENSORRT: "cuda"}
 
-NUMPY_DTYPES = {
-    "FP32": np.float32,
-    "FP16": np.float16,
-    "FP64": np.float64,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "UINT8": np.uint8,
-    "BOOL": np.bool_,
-}
-_ORT_TYPES = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(double)": "FP64",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(uint8)": "UINT8",
-    "tensor(bool)": "BOOL",
-}
+# Every V2 datatype ONNX Runtime takes as a tensor, by its NumPy dtype (BYTES: object arrays of
+# str, as ONNX Runtime takes and gives strings), and ONNX Runtime's type names for them: the
+# store format's own maps, so that the service and the import agree on every datatype.
+NUMPY_DTYPES = {datatype: np.dtype(name) for datatype, name in NUMPY_DTYPE_NAMES.items()}
+_ORT_TYPES = ORT_DATATYPES
 
 # ONNX Runtime logs warnings (e.g. about nodes placed on the CPU) at session creation that
 # read like failures but are not; errors still come through.
