@@ -3,7 +3,7 @@
 Run it with ``python -m bench`` (``--help`` for the options; bench/README.md for what it does).
 Modules: ``workload`` (request bodies, in-process ONNX Runtime), ``servers`` (the servers under
 test and what they use), ``measure`` (wrk runs and the cells measured from them), ``report``
-(targets, tables, docs/benchmarks.md and the plot), ``runs`` (the default run, the settings sweep
+(targets, tables, docs/evidence/benchmarks.md and the plot), ``runs`` (the default run, the settings sweep
 and the quick comparison), ``__main__`` (the command line).
 
 This file stays light: ``bench.baseline_app`` is imported by the baseline's own worker processes.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
+DOCS = ROOT / "docs" / "evidence" / "benchmarks.md"
 PLOT = ROOT / "docs" / "images" / "bench-throughput.png"
 # Markers of the block `python -m bench.gpu` writes into DOCS; a full run keeps that block.
 GPU_BEGIN = "<!-- gpu-benchmark: begin (python -m bench.gpu) -->"

@@ -3,7 +3,7 @@
 Starts every server itself (127.0.0.1, free ports), drives it with ``wrk`` at several
 concurrencies, measures throughput, latency, the server's CPU per request and memory
 (summed over its whole process tree) and the load generator's own CPU, then stops it.
-Writes bench/results/latest.json, docs/benchmarks.md and docs/images/bench-throughput.png.
+Writes bench/results/latest.json, docs/evidence/benchmarks.md and docs/images/bench-throughput.png.
 
     python -m bench                      # the full run
     python -m bench --only classify-c64 --seconds 10   # the service vs two FastAPI workers
@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite docs and plot from bench/results/latest.json without running",
     )
-    p.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md and the plot alone")
+    p.add_argument("--no-docs", action="store_true", help="leave docs/evidence/benchmarks.md and the plot alone")
     p.add_argument(
         "--out",
         type=Path,

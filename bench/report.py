@@ -1,7 +1,7 @@
 """Targets, tables and the generated docs: everything the benchmark shows of its results.
 
 Works from the results alone (the dicts ``runs`` returns and saves as bench/results/*.json), so
-docs/benchmarks.md and its plot can be rewritten from saved results without running anything
+docs/evidence/benchmarks.md and its plot can be rewritten from saved results without running anything
 (``python -m bench --report-only``).
 """
 
@@ -357,7 +357,7 @@ def write_docs(result: dict, sweep: dict | None, alt: dict | None, path: Path) -
         "",
         in_process_table(result),
         "",
-        "![throughput and p99 latency per server and concurrency](images/bench-throughput.png)",
+        "![throughput and p99 latency per server and concurrency](../images/bench-throughput.png)",
         "",
     ]
     s = result.get("soak")
@@ -452,7 +452,7 @@ def kept_gpu_section(path: Path) -> str | None:
 
 
 def regenerate_docs(results: Path = RESULTS, docs: Path = DOCS, plot_path: Path = PLOT) -> bool:
-    """docs/benchmarks.md and the plot from the saved defaults run, sweep and --env run.
+    """docs/evidence/benchmarks.md and the plot from the saved defaults run, sweep and --env run.
 
     Nothing runs: the files are rebuilt from ``results``/latest.json (required), sweep.json and
     with-env.json (each optional). False when there is no latest.json.
