@@ -316,7 +316,10 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         le=120,
-        description="After SIGTERM, how long requests in flight may take before they are answered 503.",
+        description=(
+            "After SIGTERM, how long requests in flight may take before they are answered 503; "
+            "requests arriving meanwhile on open connections get 503 + Connection: close."
+        ),
     )
     linger_s: float = Field(
         2.0,
@@ -341,7 +344,10 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(
         False,
-        description=("One log line per request (BentoML's access log). Off by default: it costs throughput."),
+        description=(
+            "One log line per request (BentoML's access log). Off by default: it costs throughput, "
+            "and on it turns the direct lane off (the access log is a middleware the lane would skip)."
+        ),
     )
     direct_lane: bool = Field(
         True,
