@@ -527,8 +527,11 @@ async def _answer_infer(request: Request, name: str, version: str | None) -> Res
 
 async def _infer(request: Request, pipeline: Pipeline) -> Response:
     header_length = request.headers.get(HEADER_LENGTH)
-    if header_length is None:
-        require_json(request.headers.get("content-type"))
+    content_type = request.headers.get("content-type")
+    # Without the binary extension the body is all JSON. tritonclient.http.aio sends such a body
+    # as application/octet-stream (aiohttp's default for bytes), so that type is read as JSON too.
+    if header_length is None and (content_type or "").split(";")[0].strip() != "application/octet-stream":
+        require_json(content_type)
     header, binary = split_body(await request.body(), header_length)
     infer_request = parse(header, InferRequest)
     manifest = pipeline.model.manifest
