@@ -74,9 +74,10 @@ app = create_app()
     workers=settings.worker_count,
     traffic={
         # BentoML arms a timer per request for this and keeps its context alive until it
-        # fires; a short one keeps the heap (and GC pauses) small. Our own deadline is the
-        # batch queue timeout.
-        "timeout": settings.http_timeout_s,
+        # fires; a short one keeps the heap (and GC pauses) small. The task handler answers
+        # 504 at MODELSERVE_HTTP_TIMEOUT_S itself (the same on both paths); this is a backstop
+        # for the other routes, a second later.
+        "timeout": settings.http_timeout_s + 1,
     },
     # Per-request Prometheus middleware off; the service records its metrics per batch
     # and serves them on its own /metrics.

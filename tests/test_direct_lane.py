@@ -124,7 +124,7 @@ def test_a_middleware_added_the_ordinary_way_applies_to_task_routes_and_turns_th
 # --- which requests the lane takes (the real object, no server) ---------------------------------
 
 
-LANE = DirectLane(LaneParts(None, ("/classify",), 1000, None, None), timeout_s=2.0)
+LANE = DirectLane(LaneParts(None, ("/classify",), 1000, None, None))
 HEADERS = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", b"100")]
 
 

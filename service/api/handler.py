@@ -18,6 +18,7 @@ and compares the answers byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -33,6 +34,7 @@ from service.platform.errors import (
     ApiError,
     InternalError,
     Reply,
+    Timeout,
     Unavailable,
     log_failed_request,
     render_error,
@@ -47,12 +49,17 @@ class TaskHandler:
     """Answers task requests for the routes it is given (path -> model and body reader).
 
     ``state`` is the app's state, where the service puts this worker's model registry once
-    it is loaded; until then every request is answered 503.
+    it is loaded; until then every request is answered 503. A request not answered within
+    ``deadline_s`` (``MODELSERVE_HTTP_TIMEOUT_S``) is answered 504: here, so that both paths
+    give the same 504 (BentoML's own timeout, outside the service's middleware, is a backstop
+    a second later).
     """
 
-    def __init__(self, routes: Iterable[Any], state: Any) -> None:
+    def __init__(self, routes: Iterable[Any], state: Any, deadline_s: float) -> None:
         self.routes = {route.path: (route.model, route.body) for route in routes}
         self.state = state
+        self.deadline_s = deadline_s
+        self._late = Timeout(deadline_s)
 
     def handles(self, path: str) -> bool:
         return path in self.routes
@@ -70,7 +77,10 @@ class TaskHandler:
         except ApiError as error:  # no model to count it against
             return _failed(error, method, path, request_id)
         try:
-            payload = await pipeline.answer(await reader.read(body, content_type))
+            async with asyncio.timeout(self.deadline_s):
+                payload = await pipeline.answer(await reader.read(body, content_type))
+        except TimeoutError:
+            return _failed(pipeline.failed(self._late, path), method, path, request_id)
         except Exception as exc:
             return _failed(pipeline.failed(exc, path), method, path, request_id)
         return Reply(

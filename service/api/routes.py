@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastPathApp:
         docs_url=None,
         redoc_url=None,
     )
-    handler = TaskHandler(TASK_ROUTES, app.state)
+    handler = TaskHandler(TASK_ROUTES, app.state, settings.http_timeout_s)
     errors = {
         400: {"model": schemas.ErrorResponse, "description": "invalid input"},
         **schemas.ERROR_RESPONSES,

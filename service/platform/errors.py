@@ -13,7 +13,12 @@ No HTTP framework here: this is the bottom layer, imported by every other.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -126,6 +131,22 @@ class PayloadTooLarge(ApiError):
     status = 413
 
 
+class RequestHeaderFieldsTooLarge(ApiError):
+    """The request's headers are past one of the service's bounds.
+
+    When: a header line is longer than ``MODELSERVE_MAX_HEADER_LINE_BYTES``, the request line
+    and headers together are longer than ``MODELSERVE_MAX_HEADER_BYTES``, or there are more
+    header lines than ``MODELSERVE_MAX_HEADER_COUNT``. It is answered as soon as the bound is
+    crossed, while the headers still arrive, and the connection is closed after the answer.
+    Example: {"error": "request headers too large", "detail": {"limit": "header line",
+    "bytes": 8192, "setting": "MODELSERVE_MAX_HEADER_LINE_BYTES"}, "request_id": "12fe0efb0f-22"}
+    Client: send fewer or shorter headers (a large token or cookie belongs in the body), on a
+    new connection; nothing was run, so sending it again is safe.
+    """
+
+    status = 431
+
+
 class UnsupportedMediaType(ApiError):
     """The body is not of a type the route reads.
 
@@ -180,9 +201,6 @@ class Unavailable(ApiError):
 class Timeout(ApiError):
     """Not answered within the request deadline (``MODELSERVE_HTTP_TIMEOUT_S``).
 
-    Worded as BentoML's own timeout middleware words it, so that a client sees one message
-    whichever of the two answered.
-
     When: the request was not answered within ``MODELSERVE_HTTP_TIMEOUT_S`` (2 s by default),
     which every request the size limits admit meets on an unloaded server: a 504 means the
     server is overloaded or a model is far slower than it should be.
@@ -192,7 +210,10 @@ class Timeout(ApiError):
     status = 504
 
     def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"Not able to process the request in {timeout_s} seconds")
+        super().__init__(
+            f"not answered within the request deadline of {timeout_s:g} s",
+            {"deadline_s": timeout_s, "setting": "MODELSERVE_HTTP_TIMEOUT_S"},
+        )
 
 
 class Reply(NamedTuple):
@@ -225,16 +246,132 @@ def render_body(
 
 
 def log_failed_request(method: Any, path: Any, status: int, error: Any, request_id: str) -> None:
-    """The one log line of a failed request: INFO for 4xx, WARNING for 5xx."""
-    log.log(
-        logging.WARNING if status >= 500 else logging.INFO,
-        "%s %s answered %d: %s (request_id=%s)",
-        method,
-        path,
-        status,
-        error,
-        request_id,
-    )
+    """The one log line of a failed request: INFO for 4xx, WARNING for 5xx; of each kind only the
+    first ``MODELSERVE_LOG_FAILED_BURST`` an interval, then a count (:class:`FailedRequestLog`)."""
+    if failed_request_log().admit(status, method, path, error):
+        log.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            "%s %s answered %d: %s (request_id=%s)",
+            method,
+            path,
+            status,
+            error,
+            request_id,
+        )
+
+
+# Numbers (indices, sizes, seconds) differ between failures that are otherwise alike: a kind
+# leaves them out, so "images[3]: ..." and "images[7]: ..." are one kind.
+_NUMBERS = re.compile(r"\d+")
+# Kinds counted apart in one interval. Failures of any further kind share one count, so that a
+# flood of ever new paths or wordings is bounded too.
+MAX_KINDS = 100
+_OTHER_KINDS = ("", "", 0, "")
+
+
+class FailedRequestLog:
+    """How many failed requests of each kind get a log line: the first ``burst`` in an interval.
+
+    A kind is the status, method, path and the error's wording with its numbers left out. The
+    rest of an interval's failures of a kind are counted, and once the interval is over one
+    line says how many were left out: at the next failed request, or (where an event loop
+    runs, as in every worker) on a timer at the interval's end, so the count is not held back
+    until the next flood. Only log lines are left out: every failure is still counted in the
+    metrics by its caller. ``burst`` 0 writes every line.
+    """
+
+    def __init__(self, burst: int, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._clock = clock
+        # Failures come from the event loop, and from helper threads where a handler runs on one.
+        self._lock = threading.Lock()
+        self._started_at = clock()
+        # kind -> [lines written, lines left out] in the interval that began at _started_at
+        self._kinds: dict[tuple[str, str, int, str], list[int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def admit(self, status: int, method: Any, path: Any, error: Any) -> bool:
+        """Whether this failure gets its line; if not, it is counted for the interval's summary."""
+        if not self.burst:
+            return True
+        now = self._clock()
+        kind = (str(method), str(path), status, _NUMBERS.sub("#", str(error)))
+        with self._lock:
+            ended = self._end_interval_if_due(now)
+            counts = self._kinds.get(kind)
+            if counts is None:
+                if len(self._kinds) >= MAX_KINDS:
+                    kind = _OTHER_KINDS
+                counts = self._kinds.setdefault(kind, [0, 0])
+            admitted = counts[0] < self.burst
+            counts[0 if admitted else 1] += 1
+            first_left_out = not admitted and self._timer is None
+            due_in = self._started_at + self.interval_s - now
+        self._write_summaries(ended)
+        if first_left_out:
+            self._summarise_in(due_in)
+        return admitted
+
+    def flush(self) -> None:
+        """Write the interval's summary lines if the interval is over (the timer's callback)."""
+        with self._lock:
+            self._timer = None
+            ended = self._end_interval_if_due(self._clock())
+        self._write_summaries(ended)
+
+    def _end_interval_if_due(self, now: float) -> list[tuple[tuple[str, str, int, str], int]]:
+        """(Under the lock.) The left-out counts of an interval that is over, and a new one begun."""
+        if now - self._started_at < self.interval_s:
+            return []
+        ended = [(kind, counts[1]) for kind, counts in self._kinds.items() if counts[1]]
+        self._kinds = {}
+        self._started_at = now
+        return ended
+
+    def _summarise_in(self, delay_s: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop in this thread: the next failure writes the summary
+            return
+        with self._lock:
+            if self._timer is None:
+                # A little after the interval's end, so that the clock has surely passed it.
+                self._timer = loop.call_later(max(delay_s, 0) + 0.05, self.flush)
+
+    def _write_summaries(self, ended: list[tuple[tuple[str, str, int, str], int]]) -> None:
+        for (method, path, status, wording), left_out in ended:
+            if (method, path, status, wording) == _OTHER_KINDS:
+                log.info(
+                    "%d more failed requests of other kinds were not logged in the last %g s",
+                    left_out,
+                    self.interval_s,
+                )
+                continue
+            log.log(
+                logging.WARNING if status >= 500 else logging.INFO,
+                "%d more failed requests like %s %s answered %d: %s were not logged in the last %g s",
+                left_out,
+                method,
+                path,
+                status,
+                wording,
+                self.interval_s,
+            )
+
+
+_failed_request_log: FailedRequestLog | None = None
+
+
+def failed_request_log() -> FailedRequestLog:
+    """The process's :class:`FailedRequestLog`, made from the settings at its first use."""
+    global _failed_request_log
+    if _failed_request_log is None:
+        from service.platform.settings import get_settings  # settings is above this bottom layer
+
+        settings = get_settings()
+        _failed_request_log = FailedRequestLog(settings.log_failed_burst, settings.log_failed_interval_s)
+    return _failed_request_log
 
 
 def location(loc: tuple[Any, ...]) -> str:

@@ -21,6 +21,12 @@ client sends on it a moment later meets a closed socket (connection reset by pee
 - an answer sent before its request's body was read to the end (a 413) carries
   ``Connection: close`` and the connection is closed, instead of reading the rest of the body;
 - a request line or headers the parser refuses are answered 400 with a JSON body;
+- headers past a bound (one line, all of them together, their count) are answered 431 and the
+  connection closed, as soon as the bound is crossed while they arrive; a request line longer
+  than a header line may be is answered 400 the same way. uvicorn keeps an unfinished request's
+  target and headers, and the parser the header it is reading, in memory until the headers end,
+  however long they grow: so what one connection holds is bounded by the header bounds plus one
+  read (see :meth:`GuardedHttpToolsProtocol._unfinished_head`);
 - every close is a lingering one: the answer is flushed, the sending side shut (FIN), and
   whatever the client still sends is read and dropped until it closes its side or
   ``linger_s`` passes, so no unread data makes the kernel reset the connection and lose the
@@ -57,6 +63,9 @@ Settings (``service.platform.settings``), each read from ``MODELSERVE_<FIELD>`` 
 - ``MODELSERVE_LINGER_S`` (2): after an answer that closes the connection, how long the
   client's leftover data is read and dropped before the socket is closed.
 
+and in bytes or lines: ``MODELSERVE_MAX_HEADER_LINE_BYTES`` (8192), ``MODELSERVE_MAX_HEADER_BYTES``
+(65536) and ``MODELSERVE_MAX_HEADER_COUNT`` (100).
+
 Only the httptools protocol is covered (BentoML's default: uvicorn's "auto" picks it when
 httptools is installed, as it is with BentoML); tests/test_slow_clients.py fails if BentoML
 stops building its server through ``uvicorn.Config`` or starts choosing the protocol itself.
@@ -78,8 +87,10 @@ from service.platform.errors import (
     ApiError,
     InternalError,
     Reply,
+    RequestHeaderFieldsTooLarge,
     RequestTimeout,
     Unavailable,
+    failed_request_log,
     render_error,
 )
 from service.platform.request_ids import request_id_of
@@ -97,6 +108,9 @@ DRAINING = Unavailable(
     retry_after_s=DRAIN_RETRY_AFTER_S,
 )
 UNPARSABLE = ApiError("invalid HTTP request", "the request line or headers could not be parsed")
+# A request line's bytes besides its target: the method (10 at most: MKCALENDAR), two spaces,
+# HTTP/1.1 and CRLF.
+REQUEST_LINE_EXTRA = 22
 
 
 def http_answer(default_headers: list[tuple[bytes, bytes]], reply: Reply, keep_alive: bool) -> bytes:
@@ -186,7 +200,8 @@ class DirectCycle(RequestResponseCycle):
         request_id = request_id_of(self.scope["headers"])
         admission = lane.admission
         if admission is not None and not admission.enter():
-            # As InFlightLimit refuses: before the body is read, which then closes the connection.
+            # As InFlightLimit refuses: before the body is read, closing the connection.
+            self.keep_alive = False
             return await self._write(render_error(admission.refusal(), request_id))
         try:
             while self.more_body:  # the body, as receive() would read it
@@ -197,7 +212,7 @@ class DirectCycle(RequestResponseCycle):
                 self.message_event.clear()
             if self.disconnected or self.response_complete:  # gone, or answered by a timeout
                 return
-            reply = await lane.answer(path, bytes(self.body), self.content_type, request_id)
+            reply = await lane.handler.answer(path, bytes(self.body), self.content_type, request_id)
             if lane.closes(client):
                 self.keep_alive = False
             await self._write(reply)
@@ -247,6 +262,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_progress_at = 0.0  # when the body of the request under way last grew
         self._body_started_at = 0.0  # when it was first seen incomplete
         self._body_bytes = 0  # how much of it has arrived
+        # The header bounds (see _unfinished_head): whether a message is under way, how many
+        # began during the read being parsed, the bytes of the unfinished line at the end of the
+        # last read, whether a line of this head has ended, and the header lines counted so far.
+        self._message_open = False
+        self._begun = 0
+        self._line_bytes = 0
+        self._line_ended = False
+        self._header_bytes = 0
+        self._headers_counted = 0
         self.draining = False
 
     # --- the connection ------------------------------------------------------------------
@@ -269,7 +293,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.lingering:  # type: ignore[attr-defined]
             return  # the answer is sent and the connection closing: leftovers are dropped
+        in_head = self._reading_headers
+        idle = not self._message_open
+        self._begun = 0
         super().data_received(data)
+        if self._reading_headers and not self.transport.is_closing():
+            # The read left a request's headers unfinished: what it holds of them is checked now.
+            head_began_at_start = (in_head and self._begun == 0) or (idle and self._begun == 1)
+            refusal = self._unfinished_head(data, head_began_at_start)
+            if refusal is not None:
+                self._answer_and_close(refusal)
+                return
         self._time_what_is_incomplete()
 
     def send_400_response(self, msg: str) -> None:
@@ -288,7 +322,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _log_closing(self, error: ApiError, request_id: str) -> None:
-        if error is not DRAINING:  # the drain has a line of its own, once per worker
+        # The drain has a line of its own, once per worker; the others are failed requests, and a
+        # flood of them is bounded as log_failed_request bounds its own (FailedRequestLog).
+        if error is not DRAINING and failed_request_log().admit(error.status, "-", "-", error.error):
             log.info(
                 "closing a connection from %s: %s: %s (request_id=%s)",
                 self.client,
@@ -319,12 +355,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._reading_headers = True
         self._body_bytes = 0
+        self._message_open = True
+        self._begun += 1
+        self._line_bytes = 0
+        self._line_ended = False
+        self._header_bytes = 0
+        self._headers_counted = 0
 
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():  # refused earlier in this read (a pipelined request)
+            return
         self._reading_headers = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        self._line_ended = True  # here every line has ended, the request line first
+        refusal = self._head_past_a_bound(0)
+        if refusal is not None:  # the headers ended in the same read that crossed a bound
+            return self._answer_and_close(refusal)
         if not self.draining and (self.cycle is None or self.cycle.response_complete):
             lane = self.config.direct_lane  # type: ignore[attr-defined]
             if lane is not None and not self.expect_100_continue:
@@ -373,14 +421,81 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     def on_body(self, body: bytes) -> None:
+        if self.transport.is_closing():  # the body of a request refused in this same read
+            return
         super().on_body(body)
         self._body_bytes += len(body)
 
     def on_message_complete(self) -> None:
+        self._message_open = False
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        if self.transport.is_closing():  # the end of a request refused in this same read
+            return
         super().on_message_complete()
+
+    # --- header bounds --------------------------------------------------------------------
+
+    def _unfinished_head(self, data: bytes, head_began_at_start: bool) -> ApiError | None:
+        """After a read that leaves a request's headers unfinished: its refusal if it is past a
+        header bound, else None.
+
+        What the head holds is counted from what uvicorn and the parser keep: the request
+        target (``self.url``), the header lines already complete (``self.headers``, checked in
+        :meth:`_head_past_a_bound`), and the line still arriving, which the parser buffers
+        unseen: the bytes after the last line feed, carried from read to read. When the head
+        began after an earlier request in this same read (pipelining), the bytes after the last
+        line feed may include the end of that request; then, before a header line is complete,
+        the line is taken to be the request line so far (its target and at most
+        ``REQUEST_LINE_EXTRA``), which may count up to one read too little, never too much.
+        """
+        line_feed = data.rfind(b"\n")
+        if head_began_at_start:
+            if line_feed < 0:
+                self._line_bytes += len(data)
+            else:
+                self._line_bytes = len(data) - line_feed - 1
+                self._line_ended = True
+        elif self.headers:  # a complete header line: the last line feed is this request's
+            self._line_bytes = len(data) - line_feed - 1
+            self._line_ended = True
+        else:
+            self._line_bytes = min(len(data) - line_feed - 1, len(self.url) + REQUEST_LINE_EXTRA)
+        return self._head_past_a_bound(self._line_bytes)
+
+    def _head_past_a_bound(self, unfinished_line: int) -> ApiError | None:
+        """The refusal of the current request's line and headers if one of them is past a bound
+        (``unfinished_line``: the bytes of the line still arriving), else None."""
+        limits = self.limits
+        longest = limits.max_header_line_bytes
+        if len(self.url) > longest or (not self._line_ended and unfinished_line > longest):
+            return ApiError(
+                "invalid HTTP request",
+                f"the request line is longer than {longest} bytes (MODELSERVE_MAX_HEADER_LINE_BYTES)",
+            )
+        headers = self.headers
+        for index in range(self._headers_counted, len(headers)):  # each line once
+            name, value = headers[index]
+            line = len(name) + len(value) + 2  # "name: value"
+            if line > longest:
+                return _too_large("a header line is longer than", longest, "MODELSERVE_MAX_HEADER_LINE_BYTES")
+            self._header_bytes += line + 2  # and its CRLF
+        self._headers_counted = len(headers)
+        if len(headers) > limits.max_header_count:
+            return _too_large(
+                "there are more header lines than", limits.max_header_count, "MODELSERVE_MAX_HEADER_COUNT"
+            )
+        if self._line_ended and unfinished_line > longest:
+            return _too_large("a header line is longer than", longest, "MODELSERVE_MAX_HEADER_LINE_BYTES")
+        request_line = len(self.url) + REQUEST_LINE_EXTRA if self._line_ended else 0
+        if request_line + self._header_bytes + unfinished_line > limits.max_header_bytes:
+            return _too_large(
+                "the request line and headers are longer than",
+                limits.max_header_bytes,
+                "MODELSERVE_MAX_HEADER_BYTES",
+            )
+        return None
 
     def _arm_header_timer(self) -> None:
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_too_slow)
@@ -485,6 +600,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _answering(self) -> bool:
         """Whether a request of this connection is still being answered."""
         return self.cycle is not None and not self.cycle.response_complete
+
+
+def _too_large(what: str, limit: int, setting: str) -> RequestHeaderFieldsTooLarge:
+    unit = "" if setting.endswith("COUNT") else " bytes"
+    return RequestHeaderFieldsTooLarge(
+        f"request headers too large: {what} {limit}{unit} ({setting})", {"limit": limit, "setting": setting}
+    )
 
 
 class GuardedConfig(uvicorn.config.Config):

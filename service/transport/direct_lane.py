@@ -19,7 +19,7 @@ lane stands in for them:
 
 - the in-flight limit: the same :class:`~service.transport.middleware.Admission`, entered
   before the body is read and left once the answer is written, as ``InFlightLimit`` does;
-- BentoML's request deadline: the same timeout, answered 504 with the same words;
+- BentoML's request deadline: the handler applies the service's own (504), on both paths;
 - the request id: the client's ``X-Request-ID`` or one made here, in the answer and the log;
 - connection recycling: the same :class:`~service.transport.middleware.Recycling`.
 
@@ -37,13 +37,12 @@ or CORS switched on) leaves it off, with a log line naming what did and a label 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.platform.errors import Reply, Timeout, log_failed_request, render_error
+from service.platform.errors import Reply
 from service.transport.middleware import Admission, BodyLimit, ConnectionRecycler, InFlightLimit, Recycling
 
 log = logging.getLogger(__name__)
@@ -80,14 +79,12 @@ class LaneParts:
 class DirectLane:
     """Takes task requests (see the module docstring) for one worker."""
 
-    def __init__(self, parts: LaneParts, timeout_s: float) -> None:
+    def __init__(self, parts: LaneParts) -> None:
         self.paths = {path.encode(): path for path in parts.paths}
         self.handler = parts.handler
         self.body_limit = parts.body_limit
         self.admission = parts.admission
         self.recycling = parts.recycling
-        self.timeout_s = timeout_s
-        self._timeout = Timeout(timeout_s)
 
     def path_for(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
         """The route's path if the lane takes this request (headers complete), else None."""
@@ -108,15 +105,6 @@ class DirectLane:
             return None  # no body, or one over the limit: ASGI's BodyLimit answers 413
         return path
 
-    async def answer(self, path: str, body: bytes, content_type: str | None, request_id: str) -> Reply:
-        """The handler's reply, or BentoML's 504 if it is not ready within the request deadline."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return await self.handler.answer(path, body, content_type, request_id)
-        except TimeoutError:
-            log_failed_request("POST", path, 504, self._timeout.error, request_id)
-            return render_error(self._timeout, request_id)
-
     def closes(self, client: tuple[str, int] | None) -> bool:
         """Whether this answer should close its connection, to rebalance (``Recycling``)."""
         return self.recycling is not None and client is not None and self.recycling.due(client)
@@ -136,11 +124,7 @@ def build(asgi_app: Any, app: Any, parts: LaneParts, enabled: bool) -> tuple[Dir
     reasons = [*_unknown_bentoml_middleware(bentoml_app), *_unknown_app_middleware(app)]
     if reasons:
         return None, "it would skip " + "; ".join(reasons)
-    stack = bentoml_app.user_middleware
-    timeouts = [m.kwargs.get("timeout") for m in stack if _name(m) == "TimeoutMiddleware"]
-    if len(timeouts) != 1 or not isinstance(timeouts[0], int | float):
-        return None, "BentoML's request timeout could not be read from its TimeoutMiddleware"
-    return DirectLane(parts, timeouts[0]), "on"
+    return DirectLane(parts), "on"
 
 
 def _name(middleware: Any) -> str:

@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 Explanation = Callable[[], dict[str, Any]]
 
 
+# An overload refusal closes its connection, on both paths: the body is not read (that is what
+# makes a refusal cheap), and the client's next try may land on a less busy worker.
+CLOSE = (b"connection", b"close")
+
+
 class Admission:
     """At most ``limit`` requests in flight in one worker; the next ones are refused at once.
 
@@ -134,16 +139,20 @@ class InFlightLimit:
             return await self.app(scope, receive, send)
         admission = self.admission
         if not admission.enter():
-            return await send_reply(send, render_error(admission.refusal(), request_ids.current()))
+            refusal = render_error(admission.refusal(), request_ids.current())
+            return await send_reply(send, refusal, close=True)
         try:
             await self.app(scope, receive, send)
         finally:
             admission.leave()
 
 
-async def send_reply(send: Send, reply: Reply) -> None:
-    """Send a rendered answer as ASGI messages (the same framing as ``rendered_response``)."""
+async def send_reply(send: Send, reply: Reply, close: bool = False) -> None:
+    """Send a rendered answer as ASGI messages, framed as the protocol frames one it writes
+    itself (``service.transport.connections.http_answer``)."""
     headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    if close:
+        headers.append(CLOSE)
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 
