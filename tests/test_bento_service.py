@@ -7,8 +7,8 @@ import asyncio
 import bentoml
 import pytest
 
-from service.platform.errors import Unavailable
 from service.inference.schemas import ForecastRequest
+from service.platform.errors import Unavailable
 from tests.test_service import co2_like
 
 

@@ -16,12 +16,12 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
-from service.platform.errors import InvalidInput
-from service.transport.responses import json_response
-from service.transport.fast_path import FastPathApp, FastRoute
-from service.inference.registry import ModelRegistry
 from service.api.routes import create_app
+from service.inference.registry import ModelRegistry
+from service.platform.errors import InvalidInput
 from service.platform.settings import Settings
+from service.transport.fast_path import FastPathApp, FastRoute
+from service.transport.responses import json_response
 from tests.conftest import COMMITTED_STORE
 from tests.test_service import digit_images
 

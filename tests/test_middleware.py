@@ -11,8 +11,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from service.transport.middleware import Admission, ConnectionRecycler, InFlightLimit, JsonErrors, Recycling
 from service.platform.settings import SettingsError, get_settings
+from service.transport.middleware import Admission, ConnectionRecycler, InFlightLimit, JsonErrors, Recycling
 
 
 def echo_app() -> Starlette:

@@ -8,11 +8,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.platform.errors import InvalidInput
+from service.api.routes import TASK_ROUTES, create_app
 from service.inference.pipelines import PIPELINES, Pipeline
 from service.inference.registry import ModelRegistry
-from service.api.routes import TASK_ROUTES, create_app
 from service.inference.schemas import ForecastRequest
+from service.platform.errors import InvalidInput
 from service.platform.settings import BatchPolicy, Settings
 from tests.conftest import COMMITTED_STORE
 from tests.test_service import co2_like, metric_values
