@@ -166,6 +166,21 @@ def lookup(path: Path, offset: float = 0.0) -> Path:
     )
 
 
+def blur(path: Path) -> Path:
+    """x [batch, 1, height, width] -> a 3 x 3 mean filter without padding: at least 3 x 3 pixels.
+
+    Warm-up feeds every dynamic axis 1, which this graph refuses: it must still be served.
+    """
+    kernel = numpy_helper.from_array(np.full((1, 1, 3, 3), 1 / 9, dtype=np.float32), "kernel")
+    return save(
+        path,
+        [oh.make_node("Conv", ["x", "kernel"], ["y"])],
+        [value("x", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
+        [value("y", TensorProto.FLOAT, ["batch", 1, "out_height", "out_width"])],
+        [kernel],
+    )
+
+
 GRAPHS = {
     "mlp": mlp,
     "two-kinds": two_kinds,
@@ -176,6 +191,7 @@ GRAPHS = {
     "half": half,
     "datatypes": datatypes,
     "lookup": lookup,
+    "blur": blur,
 }
 
 
@@ -289,6 +305,7 @@ EXAMPLES = {
         "in_bool": np.array([[True, False], [False, True]]),
     },
     "lookup": {"index": np.array([0, 9, 3, 3], np.int64)},
+    "blur": {"x": RNG.normal(size=(3, 1, 6, 5)).astype(np.float32)},
 }
 
 
@@ -391,6 +408,17 @@ def test_strings_carry_any_utf8_over_json_and_binary(client, store):
         answer = served(client, "words", feeds, binary)
         assert [_text(v) for v in answer["y"]] == list(feeds["x"])
         assert answer["is_a"].tolist() == [False, True, False, False, False]
+
+
+def test_a_model_that_refuses_the_warm_up_example_is_served_and_refuses_only_small_images(
+    server, client, store
+):
+    assert "blur/1: warm-up on example inputs (every dynamic axis 1) failed" in server.log_text()
+    for binary in (False, True):
+        x = RNG.normal(size=(2, 1, 5, 4)).astype(np.float32)
+        assert_same(served(client, "blur", {"x": x}, binary), in_process(store, "blur", {"x": x}))
+        message = refusal(client, "blur", tensors({"x": np.ones((1, 1, 2, 9), np.float32)}, binary))
+        assert "ONNX Runtime cannot run blur on these inputs" in message
 
 
 # --- refusals --------------------------------------------------------------------------------
