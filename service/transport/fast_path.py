@@ -1,4 +1,4 @@
-"""The service's one fast path: FastAPI documents the routes, and the app serves them directly.
+"""The ASGI side's fast path: FastAPI documents the routes, and the app serves them directly.
 
 Why: on a small request, FastAPI's parameter solving and response serialisation would
 double the CPU a request costs, and its middleware stack, its router (which tries each
@@ -34,10 +34,11 @@ How, in full:
 * FastAPI's own OpenTelemetry instrumentation is off: BentoML traces requests
   (``tracing.excluded_urls`` in ``service.bento_service`` leaves the hot routes out).
 
-Below this app, ``service.transport.direct_lane`` answers the JSON task routes' ordinary requests in the
-HTTP protocol, without ASGI, and hands everything else to this app. It stands in for exactly
-the middleware ``service.api.routes`` and ``service.bento_service`` add; any other middleware
-turns it off at a worker's first request, with a log line, so that it applies here as above.
+Below this app, ``service.transport.direct_lane`` answers the task routes' ordinary requests in
+the HTTP protocol, without ASGI, through the same task handler (``service.api.handler``) that
+this app's task endpoints call. It stands in for exactly the middleware ``service.api.routes``
+and ``service.bento_service`` add; any other middleware leaves it off from a worker's start,
+with a log line, so that it applies here as above.
 """
 
 from __future__ import annotations
