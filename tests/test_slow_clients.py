@@ -5,7 +5,8 @@ body limit. Each client below would hold its connection as long as it liked with
 headers dripped one byte a second, a connection that sends nothing, a keep-alive connection
 left idle, a body that stops half way, a chunked body that goes on past the 413. Meanwhile
 other clients are served. An over-long request line is answered with the JSON error shape.
-The last test checks that BentoML and uvicorn still offer the places the module hooks into.
+Whether BentoML and uvicorn still offer the places the module hooks into is checked at every start
+(service.transport.hooks; tests/test_hooks.py).
 
 No assert is on a time: each test checks the order of events (the answer came before the
 client finished sending; the connection was closed while the client still waited), and each
@@ -14,7 +15,6 @@ is bounded in bytes and seconds. Figures in docs/reliability.md.
 
 from __future__ import annotations
 
-import inspect
 import json
 import select
 import socket
@@ -25,8 +25,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn.server
-from uvicorn.protocols.http import httptools_impl
 
 from service.platform.settings import SettingsError, get_settings
 from tests.conftest import Server, serve
@@ -264,75 +262,6 @@ def test_other_clients_are_served_while_slow_ones_hold_connections(guarded):
     assert endings == [408] * 16 + ["closed"] * 16
     with httpx.Client(base_url=guarded.url, timeout=30) as client:
         assert client.get("/readyz").status_code == 200
-
-
-def test_the_places_service_connections_hooks_into_are_still_there():
-    """Fails when a new BentoML or uvicorn moves what service.transport.connections relies on."""
-    from _bentoml_impl.worker import service as bentoml_worker
-
-    from service.transport.connections import GuardedConfig, GuardedHttpToolsProtocol
-
-    # BentoML's worker builds its server with uvicorn.Config, looked up at call time, and
-    # leaves the protocol to uvicorn (GuardedConfig chooses ours).
-    worker_source = inspect.getsource(bentoml_worker.main.callback)
-    assert "uvicorn.Config(" in worker_source and "import uvicorn" in worker_source
-    assert "http=" not in worker_source
-    # uvicorn: the protocol's callbacks and the request cycle's fields the subclass uses.
-    for name in (
-        "connection_made",
-        "connection_lost",
-        "data_received",
-        "send_400_response",
-        "on_message_begin",
-        "on_headers_complete",
-        "on_body",
-        "on_message_complete",
-        "on_url",
-        "shutdown",
-        "timeout_keep_alive_handler",
-    ):
-        assert name in vars(httptools_impl.HttpToolsProtocol), name
-        overridden = name in vars(GuardedHttpToolsProtocol)
-        assert overridden or name in ("timeout_keep_alive_handler", "on_url"), name
-    # The direct lane starts a request cycle as uvicorn's on_headers_complete does, with the same
-    # arguments, and falls back on its run_asgi.
-    assert "self.url += url" in inspect.getsource(httptools_impl.HttpToolsProtocol.on_url)
-    assert list(inspect.signature(httptools_impl.RequestResponseCycle.__init__).parameters)[1:] == [
-        "scope",
-        "transport",
-        "flow",
-        "logger",
-        "access_logger",
-        "access_log",
-        "default_headers",
-        "message_event",
-        "expect_100_continue",
-        "keep_alive",
-        "on_response",
-    ]
-    assert "self.on_response()" in inspect.getsource(httptools_impl.RequestResponseCycle.send)
-    on_headers_complete = inspect.getsource(httptools_impl.HttpToolsProtocol.on_headers_complete)
-    assert "self.cycle = RequestResponseCycle(" in on_headers_complete
-    cycle_init = inspect.getsource(httptools_impl.RequestResponseCycle.__init__)
-    for field in ("more_body", "keep_alive", "response_started", "response_complete", "disconnected"):
-        assert f"self.{field} =" in cycle_init, field
-    assert "self.app = config.loaded_app" in inspect.getsource(httptools_impl.HttpToolsProtocol.__init__)
-    assert "app = self.app" in inspect.getsource(httptools_impl.HttpToolsProtocol.on_headers_complete)
-    shutdown = inspect.getsource(uvicorn.server.Server.shutdown)
-    assert "connection.shutdown()" in shutdown and "timeout_graceful_shutdown" in shutdown
-    # The arbiter's SIGTERM handler (circus), wrapped to stop listening first.
-    from circus.controller import Controller
-    from circus.sighandler import SysHandler
-
-    from service.transport.connections import _stop_listening_at_sigterm
-
-    _stop_listening_at_sigterm()  # what install() does in the arbiter
-    assert getattr(SysHandler.handle_term, "stops_listening", False)
-    assert "self.sys_hdl = SysHandler(self)" in inspect.getsource(Controller)
-    assert "self.arbiter = arbiter" in inspect.getsource(Controller.__init__)
-    config = GuardedConfig(app=lambda scope, receive, send: None, timeout_keep_alive=5)
-    config.load()
-    assert config.http_protocol_class is GuardedHttpToolsProtocol
 
 
 def test_a_bad_timeout_setting_stops_start_up_naming_the_variable(monkeypatch):
