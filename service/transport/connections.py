@@ -67,8 +67,11 @@ and in bytes or lines: ``MODELSERVE_MAX_HEADER_LINE_BYTES`` (8192), ``MODELSERVE
 (65536) and ``MODELSERVE_MAX_HEADER_COUNT`` (100).
 
 Only the httptools protocol is covered (BentoML's default: uvicorn's "auto" picks it when
-httptools is installed, as it is with BentoML); tests/test_slow_clients.py fails if BentoML
-stops building its server through ``uvicorn.Config`` or starts choosing the protocol itself.
+httptools is installed, as it is with BentoML). What this module relies on in uvicorn, BentoML
+and circus is declared at its end as hooks (``service.transport.hooks``) and checked at start:
+the arbiter checks the replaced config, the protocol's and request cycle's internals and the
+SIGTERM handler when the service is imported; each worker checks that BentoML really built its
+server through ``GuardedConfig`` with the guarded protocol, before it takes the direct lane.
 """
 
 from __future__ import annotations
