@@ -330,6 +330,30 @@ class Settings(BaseSettings):
             "so that a reset never destroys an answer the client has not read yet."
         ),
     )
+    max_header_line_bytes: int = Field(
+        8192,
+        ge=1024,
+        le=1024 * 1024,
+        description=(
+            "Request headers (service/transport/connections.py): longest header line (name, colon, "
+            "value) while it arrives; past it the request is answered 431 and the connection "
+            "closed. A request line past it is answered 400, as one the parser refuses. Each "
+            "header bound is checked as the bytes arrive, so what a connection holds of an "
+            "unfinished request stays bounded whatever the client sends."
+        ),
+    )
+    max_header_bytes: int = Field(
+        65536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Most bytes of the request line and headers together; past it 431, connection closed.",
+    )
+    max_header_count: int = Field(
+        100,
+        ge=8,
+        le=10_000,
+        description="Most header lines in one request; past it 431 and the connection is closed.",
+    )
     gc_thresholds: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
         (700, 100, 100),
         description=(
@@ -357,6 +381,24 @@ class Settings(BaseSettings):
             "Off: every request goes through ASGI. (It turns itself off, with a log line, when a "
             "middleware it would skip is added.)"
         ),
+    )
+    log_failed_burst: int = Field(
+        20,
+        ge=0,
+        le=100_000,
+        description=(
+            "Failed requests' log lines (service.platform.errors.log_failed_request): of each kind "
+            "(status, path, and the error's wording with its numbers left out) the first this many "
+            "in each log_failed_interval_s are written, then one line with the count of the rest, "
+            "so that a flood of bad requests cannot fill a disk or drown the log; the metrics "
+            "still count every one. 0 = a line for every failed request."
+        ),
+    )
+    log_failed_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="The interval of log_failed_burst, in seconds.",
     )
     log_format: Literal["text", "json"] = Field(
         "text",
@@ -412,6 +454,12 @@ class Settings(BaseSettings):
                     "largest allowed request could never be queued: raise the queue size or "
                     "lower the item limit"
                 )
+        if self.max_header_line_bytes > self.max_header_bytes:
+            raise ValueError(
+                f"MODELSERVE_MAX_HEADER_LINE_BYTES ({self.max_header_line_bytes}) is larger than "
+                f"MODELSERVE_MAX_HEADER_BYTES ({self.max_header_bytes}), the bound on all the headers "
+                "together, so it could never be reached: lower the line bound or raise the total"
+            )
         longest_wait = max(
             [self.http_timeout_s, *(p.queue_timeout_s for p in (self.batch, *self.batch_overrides.values()))]
         )
