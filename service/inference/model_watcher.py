@@ -12,8 +12,11 @@ after ``MODELSERVE_MODEL_RELEASE_GRACE_S`` it is closed and its ONNX Runtime ses
 
 A version that fails any step is logged, counted in ``modelserve_model_load_failures_total``,
 remembered by its files' fingerprint (so it is not tried at every poll) and never replaces
-the version served. Each worker swaps on its own: for up to one poll interval (plus a load)
-two workers may serve different versions. The flow, measured: docs/model-lifecycle.md.
+the version served. A newest version folder without a manifest.json, which the store's listing
+passes over, is named in a warning and counted there too (reason ``manifest``) once it has
+been so for a poll interval, so that a version being copied in by hand is not flagged half
+way. Each worker swaps on its own: for up to one poll interval (plus a load) two workers may
+serve different versions. The flow, measured: docs/model-lifecycle.md.
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from service.inference.metrics import record_load_failure
 from service.inference.pipelines import Pipeline
-from service.inference.registry import ModelRegistry, failure_reason, load_pipeline, version_fingerprint
+from service.inference.registry import (
+    ModelRegistry,
+    failure_reason,
+    load_pipeline,
+    newest_folder_without_manifest,
+    version_fingerprint,
+)
 from service.inference.runtime import ModelLoadError
 from store_format import ManifestError, list_versions, read_manifest
 
@@ -52,9 +62,17 @@ class ModelWatcher:
         self._releases: set[asyncio.Task] = set()
         # Models whose served version's folder is gone with nothing to fall back to: warned once.
         self._stranded: set[str] = set()
+        # Models whose newest version folder has no manifest.json: that version, and whether it
+        # was warned about (at the first look after the one that found it).
+        self._unpublished: dict[str, tuple[int, bool]] = {}
 
     def start(self) -> ModelWatcher:
         """Start polling on the running event loop (nothing happens with a poll interval of 0)."""
+        # The first look at the store: a newest folder without a manifest.json found now is warned
+        # about at the first poll, a poll interval later (at once when there are no polls).
+        self.look_for_unpublished()
+        if self.poll_s == 0:
+            self.look_for_unpublished()
         if self.poll_s > 0:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="model-watcher")
             log.info(
@@ -85,9 +103,41 @@ class ModelWatcher:
 
     async def poll(self) -> None:
         """One look at the store: swap each unpinned model to the version it should serve."""
+        self.look_for_unpublished()
         for name in self.registry.names():
             if name not in self.settings.model_versions:
                 await self.update(name)
+
+    def look_for_unpublished(self) -> None:
+        """Warn once, and count, each unpinned model whose newest version folder has had no
+        manifest.json since the look before this one.
+
+        Two looks in a row, a poll interval apart: a folder still being copied into the store
+        by hand (the store's own publish renames a whole version into place) is not flagged.
+        It is warned about again only if it goes away (its manifest arrives, or the folder is
+        removed) and comes back.
+        """
+        for name in self.registry.names():
+            if name in self.settings.model_versions:
+                continue
+            version = newest_folder_without_manifest(self.settings.model_store, name)
+            seen = self._unpublished.get(name)
+            if version is None:
+                self._unpublished.pop(name, None)
+            elif seen is None or seen[0] != version:
+                self._unpublished[name] = (version, False)  # found: warned at the next look
+            elif not seen[1]:
+                self._unpublished[name] = (version, True)
+                record_load_failure(name, version, "manifest")
+                serving = self.registry.serving_version(name)
+                log.warning(
+                    "%s has no manifest.json, so %s/%d is NOT served (%s): publish it with its "
+                    "manifest.json, or remove the folder",
+                    Path(self.settings.model_store) / name / str(version),
+                    name,
+                    version,
+                    "no version is" if serving is None else f"{name}/{serving} is served instead",
+                )
 
     async def update(self, name: str) -> None:
         """Serve the best loadable candidate of ``name``, unless it is the version served now."""

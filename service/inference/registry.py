@@ -340,6 +340,23 @@ def resolve_version(settings: Settings, name: str) -> int:
         raise ModelLoadError(f"{name}: {exc}") from exc
 
 
+def newest_folder_without_manifest(store: Path, name: str) -> int | None:
+    """The number of ``name``'s highest version folder if that folder has no manifest.json, else None.
+
+    The store's listing (``list_versions``) passes over such a folder, so the version below it
+    is served as if the newer one did not exist: a publish that lost its manifest, or one
+    copied by hand and not finished. The model watcher names it (ModelWatcher.look_for_unpublished).
+    """
+    folder = Path(store) / name
+    if not folder.is_dir():
+        return None
+    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
+    if not versions:
+        return None
+    newest = max(versions)
+    return None if (folder / str(newest) / MANIFEST_FILE).is_file() else newest
+
+
 def folders_without_manifest(store: Path, listed: list[str]) -> dict[str, str]:
     """Model folders in ``store`` that no version's manifest.json makes servable, with why.
 
