@@ -95,7 +95,7 @@ def legend(template: str, labels: dict[str, str]) -> str:
 
 # A small forecaster queue, so the overload phase is refused (503) rather than queued.
 DEMO_SETTINGS = {
-    "MODELSERVE_WORKERS": "2",
+    "MODELSERVE_WORKERS": "1",
     "MODELSERVE_MAX_ITEMS_PER_REQUEST": "8",
     "MODELSERVE_BATCH_OVERRIDES": json.dumps({"forecaster": {"max_queue_size": 8, "max_batch_size": 8}}),
 }
@@ -152,10 +152,10 @@ async def drive(url: str) -> list[tuple[str, float, float]]:
                 await asyncio.sleep(0.02)
 
         async def bursts(until: float) -> None:
+            rows = [[co2_like(400, p + q) for q in range(4)] for p in range(64)]
             while time.time() < until:
-                rows = [co2_like(400, p) for p in range(64)]
-                await asyncio.gather(*(client.post("/forecast", json={"series": [r]}) for r in rows))
-                await asyncio.sleep(2)
+                await asyncio.gather(*(client.post("/forecast", json={"series": r}) for r in rows))
+                await asyncio.sleep(0.5)
 
         for number, (name, seconds, clients, overload) in enumerate(PHASES):
             start = time.time()
@@ -184,7 +184,8 @@ def draw(prometheus, start: float, end: float, out: Path, rate_interval: str, no
     tables = [p for p in shown if p.kind == "table"]
     columns = 3
     rows = math.ceil(len(series_panels) / columns)
-    fig, axes = plt.subplots(rows + 1, columns, figsize=(16, 3.3 * rows + 2.2), squeeze=False)
+    height = 3.2 * rows + 1.8
+    fig, axes = plt.subplots(rows, columns, figsize=(16, height), squeeze=False)
     colours = {"classifier": "tab:blue", "forecaster": "tab:orange", "generator": "tab:green"}
     for ax, panel in zip(axes.flat, series_panels, strict=False):
         drawn = 0
@@ -211,6 +212,9 @@ def draw(prometheus, start: float, end: float, out: Path, rate_interval: str, no
             if "overload" in name:
                 ax.axvspan(span_start - start, span_end - start, color="red", alpha=0.08, linewidth=0)
         unit = {"s": "ms", "percentunit": "%", "reqps": "per second"}.get(panel.unit, "")
+        ax.set_xlim(0, end - start)
+        if panel.title == "Model ready":
+            ax.set_ylim(-0.05, 1.05)
         ax.set_title(panel.title, fontsize=10)
         ax.set_ylabel(unit, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -221,28 +225,24 @@ def draw(prometheus, start: float, end: float, out: Path, rate_interval: str, no
             ax.text(0.5, 0.5, "no series in this range", ha="center", va="center", transform=ax.transAxes)
     for ax in axes.flat[len(series_panels) : rows * columns]:
         ax.axis("off")
-    for ax in axes[rows]:
-        ax.axis("off")
     lines = []
     for panel in tables:
         for query in panel.queries:
             for series in prometheus.query(query.expr):
                 labels = {k: v for k, v in series["metric"].items() if k not in ("__name__", "job")}
                 lines.append(", ".join(f"{k}={v}" for k, v in labels.items()))
-    table_ax = axes[rows][0]
-    table_ax.text(
-        0,
-        1,
+    fig.text(
+        0.01,
+        1.4 / height,
         f"{tables[0].title if tables else 'Runtime'} (table panel, at the end):\n" + "\n".join(lines),
         va="top",
         fontsize=7,
         family="monospace",
-        transform=table_ax.transAxes,
     )
     for ax in axes[rows - 1]:
         ax.set_xlabel("seconds from the start", fontsize=8)
     fig.suptitle(f"modelserve dashboard panels, drawn from a real Prometheus scrape\n{note}", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 1.5 / height, 1, 1 - 0.6 / height))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     print(f"wrote {out}", file=sys.stderr)
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         start, end = spans[0][1] - 10, time.time()
         phases = ", ".join(f"{name} {b - a:.0f} s" for name, a, b in spans)
         note = (
-            f"{datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC; one server, 2 workers, "
+            f"{datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC; one server, 1 worker, "
             f"forecaster queue 8 items; scraped every {SCRAPE_INTERVAL}, rate over {rate_interval}; "
             f"phases: {phases} (shaded: overload)"
         )
