@@ -22,6 +22,10 @@ tag                weight  requests
                            with the binary tensor extension, as ``tritonclient.http`` sends it
 =================  ======  ====================================================================
 
+``--v2-model NAME`` points both V2 workloads at any served model (one imported with
+``python -m store_format import``, say) instead: random valid inputs drawn from its metadata,
+with the same weights, over JSON and binary (modelserve_locust/generic.py).
+
 Every answer is checked: status, shape, plausible values, and agreement with the earlier
 answer for the same input (checks.py). ``--max-p99-ms`` and ``--max-fail-ratio`` turn the
 run into a gate (exit code 1 and a one-line verdict); ``--shape`` picks a bounded load
@@ -40,7 +44,7 @@ from locust import FastHttpUser, LoadTestShape, events, tag, task
 from locust import log as locust_log
 from locust.runners import MasterRunner, WorkerRunner
 from locust.user.wait_time import constant_throughput
-from modelserve_locust import checks, options, payloads, records, shapes
+from modelserve_locust import checks, generic, options, payloads, records, shapes
 from modelserve_locust.gate import Measured, Verdict, judge
 
 logger = logging.getLogger(__name__)
@@ -68,6 +72,14 @@ def _metadata(host: str, model: str) -> dict:
         return orjson.loads(answer.read())
 
 
+def load_generic(host: str, opts) -> generic.GenericRequests | None:
+    """The request pool of ``--v2-model``, drawn from its metadata; None without the option."""
+    name = getattr(opts, "v2_model", None) if opts is not None else None
+    if not name:
+        return None
+    return generic.GenericRequests(_metadata(host, name), opts.v2_rows, opts.v2_dim_sizes)
+
+
 class ServiceUser(FastHttpUser):
     """One client of the service, sending ``--rate-per-user`` requests per second."""
 
@@ -75,6 +87,7 @@ class ServiceUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.pools = Run.pools or load_pools(self.host)
+        self.generic = Run.generic or load_generic(self.host, self.environment.parsed_options)
         rate = getattr(self.environment.parsed_options, "rate_per_user", options.DEFAULT_RATE_PER_USER)
         self._pace = constant_throughput(rate) if rate and rate > 0 else (lambda _user: 0.0)
 
@@ -149,6 +162,8 @@ class ServiceUser(FastHttpUser):
     @tag("v2-json")
     @task(2)
     def v2_json_classifier(self) -> None:
+        if self.generic is not None:
+            return self.v2_generic(binary=False)
         indices = random.sample(range(payloads.DIGIT_POOL), random.randint(1, 4))
         body = payloads.v2_json_body([self.pools.images_tensor(indices)])
         self.infer("classifier", body, None, lambda out: checks.v2_classifier(out, indices, REFERENCES))
@@ -156,6 +171,8 @@ class ServiceUser(FastHttpUser):
     @tag("v2-json")
     @task(1)
     def v2_json_forecaster(self) -> None:
+        if self.generic is not None:
+            return self.v2_generic(binary=False)
         indices = random.sample(range(payloads.HISTORY_POOL), random.randint(1, 2))
         body = payloads.v2_json_body(self.pools.history_tensors(indices))
         self.infer(
@@ -167,6 +184,8 @@ class ServiceUser(FastHttpUser):
     @tag("v2-binary")
     @task(2)
     def v2_binary_classifier(self) -> None:
+        if self.generic is not None:
+            return self.v2_generic(binary=True)
         indices = random.sample(range(payloads.DIGIT_POOL), random.randint(1, 4))
         body, header_length = payloads.v2_binary_body([self.pools.images_tensor(indices)])
         self.infer(
@@ -176,6 +195,8 @@ class ServiceUser(FastHttpUser):
     @tag("v2-binary")
     @task(1)
     def v2_binary_forecaster(self) -> None:
+        if self.generic is not None:
+            return self.v2_generic(binary=True)
         indices = random.sample(range(payloads.HISTORY_POOL), random.randint(1, 2))
         body, header_length = payloads.v2_binary_body(self.pools.history_tensors(indices))
         self.infer(
@@ -188,12 +209,35 @@ class ServiceUser(FastHttpUser):
     @tag("v2-binary")
     @task(1)
     def v2_binary_generator(self) -> None:
+        if self.generic is not None:
+            return self.v2_generic(binary=True)
         index = random.randrange(payloads.LATENT_POOL)
         tensors = self.pools.generator_tensors(index)
         body, header_length = payloads.v2_binary_body(tensors)
         n = len(tensors[0].array)
         self.infer(
             "generator", body, header_length, lambda out: checks.v2_generator(out, index, n, REFERENCES)
+        )
+
+    def v2_generic(self, binary: bool) -> None:
+        """``infer`` on the ``--v2-model`` model with a random pool entry, JSON or binary."""
+        index = random.randrange(generic.GENERIC_POOL)
+        entry = self.generic.entries[index]
+        body = entry.binary_body if binary else entry.json_body
+        model = self.generic.name
+
+        def check(response) -> None:
+            length = response.headers.get("Inference-Header-Content-Length")
+            outputs = checks.v2(response.content, length, model, binary)
+            self.generic.check(index, outputs, generic.datatypes_of(response.content, length))
+
+        headers = {"Inference-Header-Content-Length": str(entry.header_length)} if binary else JSON
+        self.call(
+            f"/v2/models/{model}/infer",
+            body,
+            headers,
+            check,
+            name=f"/v2/models/{model}/infer [{'binary' if binary else 'json'}]",
         )
 
     def infer(self, model: str, body: bytes, header_length: int | None, check: Callable) -> None:
@@ -233,6 +277,7 @@ class Run:
     """What the master (or the only process) keeps for the verdict and the result files."""
 
     pools: payloads.Pools | None = None  # in every process that runs users
+    generic: generic.GenericRequests | None = None  # with --v2-model, likewise
     records: records.RunRecords | None = None
     cpu: records.LocustCpu | None = None
     verdict: Verdict | None = None
@@ -273,6 +318,7 @@ def _prepare_inputs(environment, **_kwargs) -> None:
     """Draw the input pools before users start, so that their cost is not the load's."""
     if not isinstance(environment.runner, MasterRunner):
         Run.pools = load_pools(environment.host or ServiceUser.host)
+        Run.generic = load_generic(environment.host or ServiceUser.host, environment.parsed_options)
         if Run.cpu is not None:
             Run.cpu.start()  # afresh: drawing the pools is not load generation
 

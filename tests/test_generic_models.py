@@ -10,7 +10,10 @@ exactly equal for the same rows in the same batch, within 1e-5 when the batch di
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +28,7 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 from tritonclient.utils import InferenceServerException
 
+from harness.server import ROOT
 from store_format import load_verified
 from tests.conftest import Server, serve
 from tests.test_service import metric_values
@@ -524,6 +528,51 @@ def test_the_openapi_document_lists_the_v2_routes(server):
     with server.client() as http:
         paths = http.get("/docs.json").json()["paths"]
     assert "/v2/models/{name}/infer" in paths and "/v2/models/{name}/versions/{version}/infer" in paths
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("blur", ("--v2-dim-sizes", "3,5,8")), ("words", ()), ("two-kinds", ()), ("scaled", ())],
+)
+def test_locust_v2_workloads_point_at_an_imported_model(server, tmp_path, name, extra):
+    locust = Path(sys.executable).parent / "locust"
+    if not locust.exists():
+        pytest.skip("Locust is not installed (the `load` extra)")
+    run = subprocess.run(
+        [
+            str(locust),
+            "-f",
+            str(ROOT / "loadtests" / "locustfile.py"),
+            "--host",
+            server.url,
+            "--headless",
+            "--only-summary",
+            "-u",
+            "4",
+            "-r",
+            "4",
+            "-t",
+            "4s",
+            "--tags",
+            "v2-json",
+            "v2-binary",
+            "--v2-model",
+            name,
+            "--csv",
+            str(tmp_path / "run"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with open(tmp_path / "run_stats.csv", newline="") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    for kind in ("json", "binary"):
+        row = rows[f"/v2/models/{name}/infer [{kind}]"]
+        assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
 
 
 def test_a_new_version_imported_while_serving_is_swapped_in(server, store, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .generic import DEFAULT_DIM_SIZES, DEFAULT_ROWS
 from .shapes import DEFAULT_PEAK_USERS, DEFAULT_SECONDS, SHAPES
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
@@ -73,3 +74,30 @@ def register(parser) -> None:
         default=False,
         help="Write no result files unless --csv or --html ask for them",
     )
+    group.add_argument(
+        "--v2-model",
+        default=None,
+        help="Point the V2 workloads (tags v2-json and v2-binary) at this served model instead of "
+        "the built-in ones: random valid inputs drawn from its metadata (GET /v2/models/NAME)",
+    )
+    group.add_argument(
+        "--v2-rows",
+        type=int,
+        default=DEFAULT_ROWS,
+        help=f"With --v2-model and a batch axis: 1 to this many rows per request (default {DEFAULT_ROWS})",
+    )
+    group.add_argument(
+        "--v2-dim-sizes",
+        type=_sizes,
+        default=DEFAULT_DIM_SIZES,
+        help="With --v2-model: sizes drawn for its other dynamic axes, comma-separated (default "
+        + ",".join(map(str, DEFAULT_DIM_SIZES))
+        + "); a graph that needs more (a 3x3 convolution: at least 3) says so here",
+    )
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--v2-dim-sizes needs whole numbers >= 1, got {text!r}")
+    return sizes

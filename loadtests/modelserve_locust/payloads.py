@@ -166,7 +166,33 @@ def v2_binary_body(inputs: list[Tensor]) -> tuple[bytes, int]:
     return header + b"".join(raw), len(header)
 
 
-V2_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "UINT8": "u1", "BOOL": "?"}
+V2_DTYPES = {
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "BOOL": "?",
+}
+
+
+def bytes_elements(data: memoryview | bytes) -> list[bytes]:
+    """BYTES binary data: each element a 4-byte little-endian length, then that many bytes."""
+    elements, position = [], 0
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "little")
+        end = position + 4 + length
+        if position + 4 > len(data) or end > len(data):
+            raise ValueError("BYTES data ends inside an element")
+        elements.append(bytes(data[position + 4 : end]))
+        position = end
+    return elements
 
 
 def v2_outputs(body: bytes, header_length: str | None) -> tuple[dict, dict[str, np.ndarray]]:
@@ -185,8 +211,20 @@ def v2_outputs(body: bytes, header_length: str | None) -> tuple[dict, dict[str, 
     outputs, offset = {}, 0
     for output in answer["outputs"]:
         shape = output["shape"]
-        dtype = np.dtype(V2_DTYPES[output["datatype"]])
         size = output.get("parameters", {}).get("binary_data_size")
+        if output["datatype"] == "BYTES":  # strings: JSON strings, or length-prefixed binary
+            if size is None:
+                array = np.array([str(s).encode() for s in output["data"]], dtype=object)
+            else:
+                if offset + size > len(tail):
+                    raise ValueError(
+                        f"output {output['name']!r} claims {size} bytes; {len(tail) - offset} left"
+                    )
+                array = np.array(bytes_elements(tail[offset : offset + size]), dtype=object)
+                offset += size
+            outputs[output["name"]] = array.reshape(shape)
+            continue
+        dtype = np.dtype(V2_DTYPES[output["datatype"]])
         if size is None:
             array = np.asarray(output["data"], dtype=dtype)
         else:
