@@ -138,8 +138,9 @@ class RequestHeaderFieldsTooLarge(ApiError):
     and headers together are longer than ``MODELSERVE_MAX_HEADER_BYTES``, or there are more
     header lines than ``MODELSERVE_MAX_HEADER_COUNT``. It is answered as soon as the bound is
     crossed, while the headers still arrive, and the connection is closed after the answer.
-    Example: {"error": "request headers too large", "detail": {"limit": "header line",
-    "bytes": 8192, "setting": "MODELSERVE_MAX_HEADER_LINE_BYTES"}, "request_id": "12fe0efb0f-22"}
+    Example: {"error": "request headers too large: a header line is longer than 8192 bytes
+    (MODELSERVE_MAX_HEADER_LINE_BYTES)", "detail": {"limit": 8192, "setting":
+    "MODELSERVE_MAX_HEADER_LINE_BYTES"}, "request_id": "12fe0efb0f-22"}
     Client: send fewer or shorter headers (a large token or cookie belongs in the body), on a
     new connection; nothing was run, so sending it again is safe.
     """
