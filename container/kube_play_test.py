@@ -140,7 +140,7 @@ def rendered_deployment() -> dict:
 class KubePlayTest:
     def __init__(self, deployment: dict, cpu_limit: str | None, workdir: Path) -> None:
         self.manifest = deployment
-        self.cpu_limit = cpu_limit
+        self.cpu_override = cpu_limit
         self.suffix = f"kube-play-{os.getpid()}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -448,7 +448,9 @@ class KubePlayTest:
         """This run's section of the report."""
         limits = self.container_spec["resources"]["limits"]
         changed = (
-            "as rendered" if self.cpu_limit is None else f"CPU request and limit set to {self.cpu_limit}"
+            "as rendered"
+            if self.cpu_override is None
+            else f"CPU request and limit set to {self.cpu_override}"
         )
         lines = [
             f"## CPU limit {limits['cpu']} ({changed})",
@@ -462,13 +464,18 @@ class KubePlayTest:
         ]
         for name, error, detail in self.results:
             text = f"FAILED: {error}" if error else f"ok: {detail}"
-            lines.append(f"| {name} | {text.replace('|', '/')} |")
+            lines.append(f"| {name} | {cell(text)} |")
         lines += ["", "What podman made of the fields it does not fully honour:", ""]
         lines += ["| field | honoured | measured |", "| --- | --- | --- |"]
         for field, honoured, measured in self.podman_fields:
-            lines.append(f"| `{field}` | {honoured} | {measured.replace('|', '/')} |")
+            lines.append(f"| `{field}` | {honoured} | {cell(measured)} |")
         failed = sum(1 for _, error, _ in self.results if error)
         return [*lines, "", f"{len(self.results) - failed} passed, {failed} failed.", ""]
+
+
+def cell(text: str) -> str:
+    """``text`` inside a Markdown table cell."""
+    return text.replace("|", "\\|")
 
 
 def report(image: str, sections: list[str]) -> str:
