@@ -700,6 +700,8 @@ def markdown(report: dict) -> str:
         if "error" in figures:
             lines.append(f"- error: {figures['error']}")
         lines.append("")
+    if "error" in report:
+        lines += [f"The run stopped early: {report['error']}", ""]
     verdict = "passed" if report["passed"] else "FAILED"
     lines.append(f"Overall: **{verdict}**.")
     return "\n".join(lines) + "\n"
