@@ -48,9 +48,13 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _BY_VERSION = ["model", "version"]
 REQUESTS = Counter(f"{_NS}_requests", "Requests answered successfully", _BY_VERSION)
 ITEMS = Counter(f"{_NS}_items", "Items (images, rows, samples) inferred", _BY_VERSION)
-ERRORS = Counter(f"{_NS}_errors", "Requests answered with an error", [*_BY_VERSION, "status"])
-REJECTED = Counter(f"{_NS}_rejected", "Requests refused because the queue was full", _BY_VERSION)
-BATCHES = Counter(f"{_NS}_batches", "ONNX Runtime calls", _BY_VERSION)
+ERRORS = Counter(f"{_NS}_errors", "Requests answered with an error, by HTTP status", [*_BY_VERSION, "status"])
+REJECTED = Counter(
+    f"{_NS}_rejected",
+    "Requests refused because the model's queue was full (also counted in errors, as 503)",
+    _BY_VERSION,
+)
+BATCHES = Counter(f"{_NS}_batches", "ONNX Runtime calls (batches run)", _BY_VERSION)
 BATCH_SIZE = Histogram(
     f"{_NS}_batch_size", "Items per ONNX Runtime call", _BY_VERSION, buckets=_BATCH_BUCKETS
 )
