@@ -177,3 +177,23 @@ def test_pipelined_requests_mixing_a_body_with_the_next_head_are_served(bounded)
         sock.sendall(second[cut:])
         answer = read_answer(sock)
     assert answer.status == 200 and answer.headers["x-request-id"] == "second", answer
+
+
+@pytest.mark.parametrize(
+    ("extra", "setting"),
+    [
+        (b"X-Long: " + b"l" * LINE_BOUND + b"\r\n", "MODELSERVE_MAX_HEADER_LINE_BYTES"),
+        (b"".join(b"X-%d: v\r\n" % i for i in range(COUNT_BOUND)), "MODELSERVE_MAX_HEADER_COUNT"),
+        (b"".join(b"X-%d: %s\r\n" % (i, b"t" * 8000) for i in range(9)), "MODELSERVE_MAX_HEADER_BYTES"),
+    ],
+    ids=["line", "count", "total"],
+)
+def test_a_whole_head_past_a_bound_in_one_send_is_refused_431(bounded, extra, setting):
+    request = START + extra + b"Content-Length: %d\r\n\r\n" % len(DIGIT) + DIGIT
+    with connect(bounded) as sock:
+        sock.sendall(request)
+        answer = read_answer(sock)
+        ending = how_it_ends(sock)
+    assert_refused_431(answer, setting)
+    assert ending == "closed"
+    assert_still_serving(bounded)

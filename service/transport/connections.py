@@ -215,6 +215,8 @@ class DirectCycle(RequestResponseCycle):
                 self.message_event.clear()
             if self.disconnected or self.response_complete:  # gone, or answered by a timeout
                 return
+            # The request's id for every log line written meanwhile (this task's own context).
+            request_ids.CURRENT.set(request_id)
             reply = await lane.handler.answer(path, bytes(self.body), self.content_type, request_id)
             if lane.closes(client):
                 self.keep_alive = False
@@ -266,10 +268,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_started_at = 0.0  # when it was first seen incomplete
         self._body_bytes = 0  # how much of it has arrived
         # The header bounds (see _unfinished_head): whether a message is under way, how many
-        # began during the read being parsed, the bytes of the unfinished line at the end of the
-        # last read, whether a line of this head has ended, and the header lines counted so far.
+        # began during the read being parsed and its length, whether an earlier read left this
+        # request's head unfinished; then, counted only once one did: the bytes of the unfinished
+        # line at the end of the last read, whether a line of this head has ended, and the bytes
+        # and number of the header lines counted so far.
         self._message_open = False
         self._begun = 0
+        self._read_bytes = 0
+        self._head_continued = False
         self._line_bytes = 0
         self._line_ended = False
         self._header_bytes = 0
@@ -299,6 +305,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         in_head = self._reading_headers
         idle = not self._message_open
         self._begun = 0
+        self._read_bytes = len(data)
         super().data_received(data)
         if self._reading_headers and not self.transport.is_closing():
             # The read left a request's headers unfinished: what it holds of them is checked now.
@@ -360,10 +367,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._message_open = True
         self._begun += 1
-        self._line_bytes = 0
-        self._line_ended = False
-        self._header_bytes = 0
-        self._headers_counted = 0
+        self._head_continued = False
 
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():  # refused earlier in this read (a pipelined request)
@@ -372,10 +376,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
-        self._line_ended = True  # here every line has ended, the request line first
-        refusal = self._head_past_a_bound(0)
-        if refusal is not None:  # the headers ended in the same read that crossed a bound
-            return self._answer_and_close(refusal)
+        limits = self.limits
+        # A head that came whole in one read no longer than a line may be is within every bound
+        # but the count: the full check (a few microseconds) is left for the others.
+        if (
+            self._head_continued
+            or self._read_bytes > limits.max_header_line_bytes
+            or len(self.headers) > limits.max_header_count
+        ):
+            if not self._head_continued:
+                self._count_head_afresh()
+            self._line_ended = True  # here every line has ended, the request line first
+            refusal = self._head_past_a_bound(0)
+            if refusal is not None:  # the headers ended in the same read that crossed a bound
+                return self._answer_and_close(refusal)
         if not self.draining and (self.cycle is None or self.cycle.response_complete):
             lane = self.config.direct_lane  # type: ignore[attr-defined]
             if lane is not None and not self.expect_100_continue:
@@ -453,6 +467,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         the line is taken to be the request line so far (its target and at most
         ``REQUEST_LINE_EXTRA``), which may count up to one read too little, never too much.
         """
+        if not self._head_continued:
+            self._head_continued = True
+            self._count_head_afresh()
         line_feed = data.rfind(b"\n")
         if head_began_at_start:
             if line_feed < 0:
@@ -466,6 +483,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._line_bytes = min(len(data) - line_feed - 1, len(self.url) + REQUEST_LINE_EXTRA)
         return self._head_past_a_bound(self._line_bytes)
+
+    def _count_head_afresh(self) -> None:
+        self._line_bytes = 0
+        self._line_ended = False
+        self._header_bytes = 0
+        self._headers_counted = 0
 
     def _head_past_a_bound(self, unfinished_line: int) -> ApiError | None:
         """The refusal of the current request's line and headers if one of them is past a bound
