@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import os
 import random
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -248,6 +251,25 @@ def draw(prometheus, start: float, end: float, out: Path, rate_interval: str, no
     print(f"wrote {out}", file=sys.stderr)
 
 
+def commit() -> str:
+    """The checkout's commit, ``-dirty`` when it has changes."""
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def cpu() -> str:
+    """The CPU's model name and how many CPUs this process may use."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{len(os.sched_getaffinity(0))} x {model}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -304,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         start, end = spans[0][1] - 10, time.time()
         phases = ", ".join(f"{name} {b - a:.0f} s" for name, a, b in spans)
         note = (
-            f"{datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC; one server, 1 worker, "
+            f"{datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {cpu()}\n"
+            f"one server, 1 worker, "
             f"forecaster queue 8 items; scraped every {SCRAPE_INTERVAL}, rate over {rate_interval}; "
             f"phases: {phases} (shaded: overload)"
         )
