@@ -34,7 +34,7 @@ def test_the_shutdown_hook_answers_requests_still_queued_with_503():
     ]
     assert hooks == ["close"], hooks
     service = service_class()
-    forecaster = service.inference.registry.pipeline("forecaster")
+    forecaster = service.registry.pipeline("forecaster")
     longest = ForecastRequest(series=[co2_like(1040, phase) for phase in range(64)])  # one full batch
     short = ForecastRequest(series=[co2_like(200)])
 

@@ -86,6 +86,7 @@ import uvicorn
 import uvicorn.config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from service.platform import request_ids
 from service.platform.errors import (
     ApiError,
     InternalError,
