@@ -235,10 +235,9 @@ def summary(results: dict) -> list[dict]:
     return rows
 
 
-def _ceiling_lines(results: dict, rows: list[dict]) -> list[str]:
+def _ceiling_lines(results: dict, rows: list[dict], cores: int) -> list[str]:
     """Served items/s with 64 images a request against in-process ONNX Runtime, one session per core."""
-    ceiling = results["ceiling"].get(64)
-    cores = os.cpu_count() or 1
+    ceiling = results["ceiling"].get("64", results["ceiling"].get(64))
     lines = []
     for row in rows:
         if row["images"] != 64 or ceiling is None:
@@ -254,6 +253,21 @@ def _ceiling_lines(results: dict, rows: list[dict]) -> list[str]:
     return lines
 
 
+def _round_lines(results: dict) -> list[str]:
+    cells = results["cells"]
+    lines = []
+    for key in dict.fromkeys((c["variant"], c["images"], c["concurrency"], c["model"]) for c in cells):
+        rounds = [
+            c["requests_per_s"]
+            for c in cells
+            if (c["variant"], c["images"], c["concurrency"], c["model"]) == key
+        ]
+        variant, images, concurrency, model = key
+        listed = ", ".join(f"{r:,.0f}" for r in rounds)
+        lines.append(f"- {variant}, {model}, {images} images at c={concurrency}: {listed}")
+    return lines
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -265,14 +279,12 @@ def cpu_model() -> str:
 
 
 def write_docs(results: dict, rows: list[dict], args: argparse.Namespace) -> None:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit, measured_at = args.commit, args.measured_at
     loads = [c["load_1min"] for c in results["cells"]]
     lines = [
         "# The classifier through the generic path vs the built-in classifier, V2 binary",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {cpu_model()}, {os.cpu_count()} CPUs seen, "
+        f"Measured {measured_at} UTC on {args.cpu}, {args.cpus} CPUs seen, "
         f"commit `{commit}`, with `python -m bench.generic_v2 --seconds {args.seconds} "
         f"--rounds {args.rounds} --cells {' '.join(args.cells)}`",
         "(generated; rerun it rather than edit this file).",
@@ -285,7 +297,7 @@ def write_docs(results: dict, rows: list[dict], args: argparse.Namespace) -> Non
         "byte for byte equal before measuring.",
         "",
         f"The machine was shared: the 1-minute load average before each cell ranged {min(loads):.1f} to "
-        f"{max(loads):.1f} on {os.cpu_count()} CPUs, so absolute figures are low and noisy; the ratio",
+        f"{max(loads):.1f} on {args.cpus} CPUs, so absolute figures are low and noisy; the ratio",
         "between models measured side by side is the figure to read.",
         "",
         "| server | images a request | connections | built-in req/s | generic req/s | generic / built-in "
@@ -304,9 +316,14 @@ def write_docs(results: dict, rows: list[dict], args: argparse.Namespace) -> Non
         "",
         "In-process ONNX Runtime, one session with one intra-op thread, same `model.onnx`: "
         + ", ".join(f"batch {n}: {v:,.0f} items/s" for n, v in results["ceiling"].items())
-        + ".",
+        + ". It was measured on the same busy machine just before the servers started, so it is as",
+        "depressed as the served figures; on a quiet machine see docs/benchmarks.md.",
         "",
-        *_ceiling_lines(results, rows),
+        *_ceiling_lines(results, rows, args.cpus),
+        "",
+        "Every round, req/s (how far apart the rounds of one cell are shows how noisy the machine was):",
+        "",
+        *_round_lines(results),
         "",
         "`defaults`: the generic pipeline runs ONNX Runtime on a helper thread (its default, since a user's",
         "model may take long enough to hold up the event loop), the built-in classifier inline. `generic",
@@ -329,23 +346,40 @@ def main() -> None:
     )
     parser.add_argument("--in-process-seconds", type=float, default=3.0)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the docs from bench/results/generic-v2.json"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((RESULTS / "generic-v2.json").read_text())
+        write_docs(saved["results"], saved["summary"], argparse.Namespace(**saved["run"]))
+        log(f"wrote {DOCS.relative_to(ROOT)}")
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
     with tempfile.TemporaryDirectory(prefix="generic-v2-") as tmp:
         results = measure(args, Path(tmp))
     rows = summary(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "generic-v2.json").write_text(
-        json.dumps({"results": results, "summary": rows}, indent=2) + "\n"
-    )
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    run = {
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "cells": args.cells,
+        "commit": git.stdout.strip(),
+        "measured_at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+    }
+    saved = {"run": run, "results": results, "summary": rows}
+    (RESULTS / "generic-v2.json").write_text(json.dumps(saved, indent=2) + "\n")
     for row in rows:
         log(
             f"{row['variant']:15} {row['images']:2} images c={row['concurrency']}: "
             f"generic / built-in req/s = {row['ratio']:.2f}"
         )
     if not args.no_docs:
-        write_docs(results, rows, args)
+        write_docs(results, rows, argparse.Namespace(**run))
         log(f"wrote {DOCS.relative_to(ROOT)}")
 
 
