@@ -76,6 +76,9 @@ class TaskHandler:
             pipeline = registry.pipeline(model)
         except ApiError as error:  # no model to count it against
             return _failed(error, method, path, request_id)
+        refusal = pipeline.overloaded()  # before the body is parsed: a refusal costs little
+        if refusal is not None:
+            return _failed(pipeline.failed(refusal, path), method, path, request_id)
         try:
             async with asyncio.timeout(self.deadline_s):
                 payload = await pipeline.answer(await reader.read(body, content_type))

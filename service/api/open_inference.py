@@ -519,6 +519,9 @@ async def infer(request: Request, name: ModelName) -> Response:
 
 async def _answer_infer(request: Request, name: str, version: str | None) -> Response:
     pipeline = _pipeline(request, name, version)
+    refusal = pipeline.overloaded()  # before the body is read or parsed: a refusal costs little
+    if refusal is not None:
+        raise pipeline.failed(refusal, request.url.path)
     try:
         return await _infer(request, pipeline)
     except Exception as exc:

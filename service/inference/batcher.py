@@ -17,8 +17,11 @@ The policy, in full:
   full yet, it may wait up to ``max_wait_s`` (counted from its oldest request's arrival)
   for more.
 * The queue is bounded: a request that would push it past ``max_queue_size`` items is
-  refused at once with :class:`QueueFull`. Nothing adapts, so nothing needs to recover
-  when an overload ends.
+  refused at once with :class:`QueueFull`. So is, before it is even read
+  (:meth:`Batcher.refusal`), a request that finds more queued than runs within
+  ``queue_timeout_s`` at the recent cost per item: it would only time out in the queue, after
+  costing the server its parsing. ``Retry-After`` is the time the queue takes to drain.
+  Nothing else adapts, so nothing needs to recover when an overload ends.
 * A request that waited longer than ``queue_timeout_s`` is failed with
   :class:`QueueTimeout` instead of being run for a client that has likely given up.
 * ``run_batch`` must return one result per item (:class:`BatchSizeMismatch` otherwise);
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -135,10 +139,24 @@ class Batcher(Generic[Item, Result]):
         self._dispatcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._item_s = 0.0  # recent run_batch seconds per item (moving average)
 
     @property
     def queued_items(self) -> int:
         return self._queued_items
+
+    def expected_wait_s(self) -> float:
+        """How long the items queued now take to run, at the recent cost per item."""
+        return self._queued_items * self._item_s / self.max_concurrent_batches
+
+    def refusal(self, items: int = 1) -> QueueFull | None:
+        """:class:`QueueFull` if a request of ``items`` arriving now should be refused before
+        anything else is done with it: the queue has no room for it, or what is queued would
+        not run within ``queue_timeout_s``. None if it may come in."""
+        wait = self.expected_wait_s()
+        if self._queued_items + items > self.max_queue_size or wait > self.queue_timeout_s:
+            return QueueFull(self._queued_items, self.max_queue_size, _retry_after(wait))
+        return None
 
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """Run ``items`` in one or more batches; their results, in order."""
@@ -147,7 +165,7 @@ class Batcher(Generic[Item, Result]):
         if self._closed:
             raise BatcherClosed("the server is shutting down")
         if self._queued_items + len(items) > self.max_queue_size:
-            raise QueueFull(self._queued_items, self.max_queue_size)
+            raise QueueFull(self._queued_items, self.max_queue_size, _retry_after(self.expected_wait_s()))
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or a new event loop (tests, a restarted worker)
             self._loop, self._dispatcher = loop, None
@@ -260,6 +278,9 @@ class Batcher(Generic[Item, Result]):
         except Exception as exc:  # every caller of this batch hears of it
             error = exc
         run_s = time.perf_counter() - wall
+        if error is None:
+            per_item = run_s / len(items)
+            self._item_s = per_item if not self._item_s else 0.8 * self._item_s + 0.2 * per_item
         self._settle(parts, results if error is None else None, error)
         if self._on_batch is not None:
             oldest = min(p.enqueued_at for p, _, _ in parts)
@@ -280,3 +301,8 @@ class Batcher(Generic[Item, Result]):
             pending.remaining -= stop - start
             if pending.remaining == 0:
                 pending.future.set_result(pending.results)
+
+
+def _retry_after(wait_s: float) -> int:
+    """``Retry-After`` for a queue that drains in ``wait_s``: whole seconds, at least one."""
+    return max(1, math.ceil(wait_s))

@@ -130,17 +130,26 @@ class Pipeline(ABC, Generic[Body, Item, Result]):
         try:
             results = await self.batcher.submit(items)
         except QueueFull as exc:
-            self.metrics.rejected()
-            raise Unavailable(
-                f"{self.model.name} is overloaded: {exc}; retry later",
-                {"model": self.model.name},
-                retry_after_s=exc.retry_after_s,
-            ) from None
+            raise self._overloaded(exc) from None
         except (QueueTimeout, BatcherClosed) as exc:
             # Counted with the route's other errors, by failed(): once.
             raise Unavailable(f"{self.model.name}: {exc}", {"model": self.model.name}) from None
         self.metrics.request_done()
         return results
+
+    def overloaded(self) -> Unavailable | None:
+        """The 503 for a request arriving now, before it is read, if the model's queue cannot
+        take it in time (``Batcher.refusal``); None if it may come in."""
+        full = self.batcher.refusal()
+        return None if full is None else self._overloaded(full)
+
+    def _overloaded(self, full: QueueFull) -> Unavailable:
+        self.metrics.rejected()
+        return Unavailable(
+            f"{self.model.name} is overloaded: {full}; retry later",
+            {"model": self.model.name, "retry_after_s": full.retry_after_s},
+            retry_after_s=full.retry_after_s,
+        )
 
     def failed(self, exc: Exception, path: str) -> ApiError:
         """Count a request to ``path`` that raised ``exc`` in this model's metrics; the answer.
