@@ -224,7 +224,8 @@ class Replica:
 class HAProxy:
     """HAProxy running deploy/haproxy/haproxy.cfg in the foreground, in a process group of its own."""
 
-    def __init__(self, replicas: list[Replica], folder: Path) -> None:
+    def __init__(self, replicas: list[Replica], folder: Path, config: Path = HAPROXY_CFG) -> None:
+        self.config = config
         self.port, self.stats_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stats_url = f"http://127.0.0.1:{self.stats_port}"
@@ -244,13 +245,13 @@ class HAProxy:
         if binary is None:
             raise FleetError("haproxy not found: apt-get install haproxy (make fleet-test does)")
         checked = subprocess.run(
-            [binary, "-c", "-f", str(HAPROXY_CFG)], env=self.env, capture_output=True, text=True, timeout=30
+            [binary, "-c", "-f", str(self.config)], env=self.env, capture_output=True, text=True, timeout=30
         )
         if checked.returncode != 0:
-            raise FleetError(f"haproxy -c refused {HAPROXY_CFG}:\n{checked.stdout}{checked.stderr}")
+            raise FleetError(f"haproxy -c refused {self.config}:\n{checked.stdout}{checked.stderr}")
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
-                [binary, "-db", "-f", str(HAPROXY_CFG)],
+                [binary, "-db", "-f", str(self.config)],
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -445,7 +446,7 @@ class Fleet:
     def __init__(self, args: argparse.Namespace, folder: Path, store: Path) -> None:
         self.args, self.folder, self.store = args, folder, store
         self.replicas = [Replica(name, free_port(), store, folder) for name in REPLICAS]
-        self.haproxy = HAProxy(self.replicas, folder)
+        self.haproxy = HAProxy(self.replicas, folder, args.haproxy_config)
         self.loads: list[Load] = []
 
     def start(self) -> float:
@@ -648,7 +649,7 @@ def markdown(report: dict) -> str:
         "- model versions at the start: "
         + ", ".join(f"{k}/{v}" for k, v in report["versions_at_start"].items()),
         f"- fleet: 3 replicas x 1 worker ({', '.join(f'{k}={v}' for k, v in REPLICA_SETTINGS.items())}), "
-        "HAProxy with deploy/haproxy/haproxy.cfg as shipped, all on 127.0.0.1",
+        f"HAProxy with {report['haproxy_config']}, all on 127.0.0.1",
         f"- load: Locust, every workload of loadtests/locustfile.py (V2 binary included), "
         f"{report['users']} users x {report['rate']:g} requests/s, through HAProxy; a fresh run per "
         "scenario, "
@@ -720,6 +721,12 @@ def main() -> int:
     parser.add_argument("--deadline-s", type=int, default=420, help="the whole run's bound (default 420)")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--evidence", type=Path, help="also write the Markdown report here")
+    parser.add_argument(
+        "--haproxy-config",
+        type=Path,
+        default=HAPROXY_CFG,
+        help="another HAProxy configuration to put to the same test (default: deploy/haproxy/haproxy.cfg)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
@@ -730,7 +737,15 @@ def main() -> int:
     signal.alarm(args.deadline_s)
     folder = new_run_folder(args.results_dir, prefix="fleet-")
     log(f"results and logs in {folder}")
-    report: dict = {"machine": machine(), "users": args.users, "rate": args.rate, "scenarios": {}}
+    config = args.haproxy_config.resolve()
+    shipped = config == HAPROXY_CFG.resolve()
+    report: dict = {
+        "machine": machine(),
+        "users": args.users,
+        "rate": args.rate,
+        "haproxy_config": "deploy/haproxy/haproxy.cfg as shipped" if shipped else f"`{config}`",
+        "scenarios": {},
+    }
     with tempfile.TemporaryDirectory(prefix="fleet-store-") as tmp:
         store = Path(tmp) / "model_store"
         shutil.copytree(REPOSITORY / "model_store", store, ignore=shutil.ignore_patterns("*.png"))
