@@ -317,7 +317,8 @@ def write_docs(results: dict, rows: list[dict], args: argparse.Namespace) -> Non
         "In-process ONNX Runtime, one session with one intra-op thread, same `model.onnx`: "
         + ", ".join(f"batch {n}: {v:,.0f} items/s" for n, v in results["ceiling"].items())
         + ". It was measured on the same busy machine just before the servers started, so it is as",
-        "depressed as the served figures; on a quiet machine see docs/benchmarks.md.",
+        "depressed as the served figures; on a quiet machine see docs/performance.md and",
+        "docs/evidence/benchmarks.md.",
         "",
         *_ceiling_lines(results, rows, args.cpus),
         "",
