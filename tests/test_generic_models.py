@@ -365,6 +365,16 @@ def test_rows_sent_one_at_a_time_and_concurrently_equal_the_whole_batch(server, 
         assert_same(answer, {k: v[i : i + 1] for k, v in whole.items()}, atol=ACROSS_BATCHES)
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_a_request_larger_than_the_largest_batch_is_split_and_put_back_in_order(client, store, binary):
+    x = RNG.normal(size=(200, 4)).astype(np.float32)  # runs of 64, 64, 64 and 8 rows
+    answer = served(client, "mlp", {"x": x}, binary)
+    assert_same(answer, in_process(store, "mlp", {"x": x}), atol=ACROSS_BATCHES)
+    words = {"x": np.array([f"w{i}" if i % 3 else "a" for i in range(150)], dtype=object)}
+    answer = served(client, "words", words, binary)
+    assert_same(answer, in_process(store, "words", words))
+
+
 def test_images_of_different_sizes_at_once_are_each_answered_unpadded(server, store):
     sizes = [(4, 4), (5, 7), (4, 4), (9, 2), (1, 1), (5, 7), (16, 3), (4, 4)] * 4
     images = [RNG.normal(size=(1 + i % 3, 3, h, w)).astype(np.float32) for i, (h, w) in enumerate(sizes)]
