@@ -607,6 +607,39 @@ def test_a_new_version_imported_while_serving_is_swapped_in(server, store, tmp_p
         client.close()
 
 
+def test_pinned_versions_and_sha256_verification_apply_to_imported_models(tmp_path):
+    """A server of its own: lookup pinned to version 1 of 2, and an MLP whose file changed after import."""
+    store = tmp_path / "store"
+    for source in (lookup(tmp_path / "v1.onnx"), lookup(tmp_path / "v2.onnx", offset=100.0)):
+        assert run_import(source, "--name", "lookup", "--store", store).returncode == 0
+    assert run_import(mlp(tmp_path / "mlp.onnx"), "--name", "tampered", "--store", store).returncode == 0
+    with open(store / "tampered" / "1" / "model.onnx", "ab") as model_file:
+        model_file.write(b"\0")
+    with serve(
+        tmp_path / "server", store=store, workers="1", model_versions='{"lookup": 1}', wait_ready=False
+    ) as server:
+        with server.client() as http:
+            deadline = time.monotonic() + 120
+            while http.get("/v2/models/lookup/ready").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.25)
+            ready = http.get("/readyz")
+            tampered = http.get("/v2/models/tampered/ready")
+            metrics = http.get("/metrics").text
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        try:
+            metadata = client.get_model_metadata("lookup")
+            answer = served(client, "lookup", EXAMPLES["lookup"], binary=True)
+        finally:
+            client.close()
+    assert metadata["versions"] == ["1"]
+    assert_same(answer, in_process(store, "lookup", EXAMPLES["lookup"], version=1))
+    assert ready.status_code == 503
+    assert tampered.status_code == 503
+    assert tampered.json()["error"] == "its model.onnx does not match the sha256 in its manifest"
+    assert 'modelserve_model_load_failures_total{model="tampered",reason="sha256",version="1"} 1.0' in metrics
+    assert "tampered/1 failed (sha256) and is NOT served" in server.log_text()
+
+
 def test_skl2onnx_classifier_served_equals_predict_proba(client):
     pytest.importorskip("skl2onnx", reason="skl2onnx (the dev extra) is not installed in this environment")
     pipeline, features = iris_pipeline()
