@@ -10,7 +10,8 @@ into its answer.
 
 :class:`Pipeline` declares that contract as abstract methods. A new kind of model is one
 subclass here, its task's line in :data:`PIPELINES`, and its route's line in
-``service.api.routes``.
+``service.api.routes``. A model a user imports (task ``tensor``) needs none of that: the
+generic :class:`~service.inference.tensor_pipeline.TensorPipeline` serves it over V2 alone.
 """
 
 from __future__ import annotations
