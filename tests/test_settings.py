@@ -44,7 +44,7 @@ def test_nested_and_per_model_batch_settings(monkeypatch):
         ("MODELSERVE_WORKERS", "many", "MODELSERVE_WORKERS"),
         ("MODELSERVE_PROVIDER", "tpu", "MODELSERVE_PROVIDER"),
         ("MODELSERVE_MODEL_VERSIONS", "classifier=1", "model_versions"),
-        ("MODELSERVE_MAX_ITEMS_PER_REQUEST", "5000", "raise the queue size or lower the item limit"),
+        ("MODELSERVE_MAX_ITEMS_PER_REQUEST", "20000", "raise the queue size or lower the item limit"),
         ("MODELSERVE_MODEL_POLL_S", "-1", "MODELSERVE_MODEL_POLL_S"),
         ("MODELSERVE_MODEL_RELEASE_GRACE_S", "1", "GRACE_S .* raise the grace period"),
     ],

@@ -76,7 +76,9 @@ class TaskHandler:
             pipeline = registry.pipeline(model)
         except ApiError as error:  # no model to count it against
             return _failed(error, method, path, request_id)
-        refusal = pipeline.overloaded()  # before the body is parsed: a refusal costs little
+        # Refused before the body is parsed, so that a refusal costs little (it is read already:
+        # the connection stays open for the client's next try).
+        refusal = pipeline.overloaded()
         if refusal is not None:
             return _failed(pipeline.failed(refusal, path), method, path, request_id)
         try:

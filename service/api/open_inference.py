@@ -519,9 +519,6 @@ async def infer(request: Request, name: ModelName) -> Response:
 
 async def _answer_infer(request: Request, name: str, version: str | None) -> Response:
     pipeline = _pipeline(request, name, version)
-    refusal = pipeline.overloaded()  # before the body is read or parsed: a refusal costs little
-    if refusal is not None:
-        raise pipeline.failed(refusal, request.url.path)
     try:
         return await _infer(request, pipeline)
     except Exception as exc:
@@ -535,7 +532,13 @@ async def _infer(request: Request, pipeline: Pipeline) -> Response:
     # as application/octet-stream (aiohttp's default for bytes), so that type is read as JSON too.
     if header_length is None and (content_type or "").split(";")[0].strip() != "application/octet-stream":
         require_json(content_type)
-    header, binary = split_body(await request.body(), header_length)
+    body = await request.body()
+    # Refused before the body is parsed, so that a refusal costs little; after it is read, so
+    # that the connection stays open (a client that must reconnect to retry costs more).
+    refusal = pipeline.overloaded()
+    if refusal is not None:
+        raise refusal
+    header, binary = split_body(body, header_length)
     infer_request = parse(header, InferRequest)
     manifest = pipeline.model.manifest
     tensors = decode_inputs(infer_request, binary, manifest, pipeline.batched)

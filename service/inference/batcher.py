@@ -16,12 +16,15 @@ The policy, in full:
   queued meanwhile (up to the maximum) goes next. Only then, and only if the batch is not
   full yet, it may wait up to ``max_wait_s`` (counted from its oldest request's arrival)
   for more.
-* The queue is bounded: a request that would push it past ``max_queue_size`` items is
-  refused at once with :class:`QueueFull`. So is, before it is even read
-  (:meth:`Batcher.refusal`), a request that finds more queued than runs within
-  ``queue_timeout_s`` at the recent cost per item: it would only time out in the queue, after
-  costing the server its parsing. ``Retry-After`` is the time the queue takes to drain.
-  Nothing else adapts, so nothing needs to recover when an overload ends.
+* The queue is bounded twice: a request is refused at once with :class:`QueueFull` if it
+  would push the queue past ``max_queue_size`` items (a bound on memory), or if it would not
+  run within ``queue_timeout_s`` at the rate the queue has recently drained (a bound on
+  time: it would only time out in the queue). So the queue holds as much as the model can
+  answer in time, whatever the size of requests, and no more. The route asks the same
+  question before a request's body is even parsed (:meth:`Batcher.refusal`), so a refusal
+  costs the server little. ``Retry-After`` is the time the queue takes to drain. Only the
+  drain rate adapts, and it is measured on every batch, so nothing needs to recover when an
+  overload ends.
 * A request that waited longer than ``queue_timeout_s`` is failed with
   :class:`QueueTimeout` instead of being run for a client that has likely given up.
 * ``run_batch`` must return one result per item (:class:`BatchSizeMismatch` otherwise);
@@ -139,21 +142,25 @@ class Batcher(Generic[Item, Result]):
         self._dispatcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._item_s = 0.0  # recent run_batch seconds per item (moving average)
+        # Seconds per item at which the queue drains (moving average): while requests queue up,
+        # the time from one batch's end to the next's over its items, which counts what the
+        # worker does besides running the model (parsing, encoding); the run time alone otherwise.
+        self._item_s = 0.0
+        self._last_end: float | None = None  # when the last batch ended with items still queued
 
     @property
     def queued_items(self) -> int:
         return self._queued_items
 
-    def expected_wait_s(self) -> float:
-        """How long the items queued now take to run, at the recent cost per item."""
-        return self._queued_items * self._item_s / self.max_concurrent_batches
+    def expected_wait_s(self, items: int = 0) -> float:
+        """How long the items queued now, and ``items`` more, take to drain at the recent rate."""
+        return (self._queued_items + items) * self._item_s
 
     def refusal(self, items: int = 1) -> QueueFull | None:
         """:class:`QueueFull` if a request of ``items`` arriving now should be refused before
-        anything else is done with it: the queue has no room for it, or what is queued would
-        not run within ``queue_timeout_s``. None if it may come in."""
-        wait = self.expected_wait_s()
+        anything else is done with it: the queue has no room for it, or it would not run within
+        ``queue_timeout_s`` (it would only time out in the queue). None if it may come in."""
+        wait = self.expected_wait_s(items)
         if self._queued_items + items > self.max_queue_size or wait > self.queue_timeout_s:
             return QueueFull(self._queued_items, self.max_queue_size, _retry_after(wait))
         return None
@@ -164,8 +171,9 @@ class Batcher(Generic[Item, Result]):
             return []
         if self._closed:
             raise BatcherClosed("the server is shutting down")
-        if self._queued_items + len(items) > self.max_queue_size:
-            raise QueueFull(self._queued_items, self.max_queue_size, _retry_after(self.expected_wait_s()))
+        full = self.refusal(len(items))
+        if full is not None:
+            raise full
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or a new event loop (tests, a restarted worker)
             self._loop, self._dispatcher = loop, None
@@ -278,13 +286,18 @@ class Batcher(Generic[Item, Result]):
         except Exception as exc:  # every caller of this batch hears of it
             error = exc
         run_s = time.perf_counter() - wall
-        if error is None:
-            per_item = run_s / len(items)
-            self._item_s = per_item if not self._item_s else 0.8 * self._item_s + 0.2 * per_item
         self._settle(parts, results if error is None else None, error)
+        self._time_the_drain(len(items), run_s, loop.time(), error is None)
         if self._on_batch is not None:
             oldest = min(p.enqueued_at for p, _, _ in parts)
             self._on_batch(BatchStats(len(items), len(parts), started - oldest, run_s, error is not None))
+
+    def _time_the_drain(self, items: int, run_s: float, now: float, ran: bool) -> None:
+        if ran:
+            busy = self._last_end is not None and len(self._running) <= 1
+            per_item = (now - self._last_end) / items if busy else run_s / items  # type: ignore[operator]
+            self._item_s = per_item if not self._item_s else 0.8 * self._item_s + 0.2 * per_item
+        self._last_end = now if self._queue else None
 
     @staticmethod
     def _settle(parts, results, error) -> None:

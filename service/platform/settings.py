@@ -45,9 +45,13 @@ class BatchPolicy(BaseModel):
         ),
     )
     max_queue_size: int = Field(
-        1024,
+        16384,
         ge=1,
-        description="Most items waiting per model and worker; beyond it requests get 503 + Retry-After.",
+        description=(
+            "Most items waiting per model and worker (a bound on memory); beyond it requests get "
+            "503 + Retry-After. Within it, the queue takes what drains within queue_timeout_s at "
+            "its measured rate."
+        ),
     )
     queue_timeout_s: float = Field(
         1.5, gt=0, description="A queued item older than this is answered 503 instead of being run late."
