@@ -75,8 +75,11 @@ def test_the_lane_is_on_in_every_worker_and_says_so(server):
             with server.client() as fresh:
                 assert post(fresh, "/classify", GOOD["/classify"]).status_code == 200
         assert http.get("/readyz").status_code == 200
+        metrics = http.get("/metrics").text
     assert "direct lane on for /classify, /classify_image, /forecast, /generate" in server.log_text()
     assert "direct lane off" not in server.log_text()
+    [info] = [line for line in metrics.splitlines() if line.startswith("modelserve_runtime_info{")]
+    assert 'direct_lane="on"' in info and 'direct_lane_reason=""' in info, info
 
 
 def test_requests_pipelined_on_one_connection_are_answered_in_order(server):
@@ -110,10 +113,13 @@ def test_a_middleware_added_the_ordinary_way_applies_to_task_routes_and_turns_th
         with httpx.Client(base_url=server.url, timeout=30) as http:
             answers = [post(http, path, body) for path, body in GOOD.items()]
             answers.append(post(http, "/classify", {"images": "nope"}))
+            metrics = http.get("/metrics").text
         log = server.log_path.read_text(errors="replace")
     finally:
         server.stop()
     assert [a.status_code for a in answers] == [200, 200, 200, 400]
+    [info] = [line for line in metrics.splitlines() if line.startswith("modelserve_runtime_info{")]
+    assert 'direct_lane="off"' in info and "StampHeader" in info, info
     for answer in answers:
         assert answer.headers.get("x-stamped-by-app") == "yes", answer.request.url
         assert answer.headers.get("x-stamped-by-bentoml") == "yes", answer.request.url

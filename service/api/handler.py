@@ -32,7 +32,6 @@ from service.platform.errors import (
     JSON,
     REQUEST_ID_HEADER,
     ApiError,
-    InternalError,
     Reply,
     Timeout,
     Unavailable,
@@ -60,9 +59,6 @@ class TaskHandler:
         self.state = state
         self.deadline_s = deadline_s
         self._late = Timeout(deadline_s)
-
-    def handles(self, path: str) -> bool:
-        return path in self.routes
 
     async def answer(
         self, path: str, body: bytes, content_type: str | None, request_id: str, method: str = "POST"
@@ -98,11 +94,6 @@ class TaskHandler:
 def _failed(error: ApiError, method: str, path: str, request_id: str) -> Reply:
     log_failed_request(method, path, error.status, error.error, request_id)
     return render_error(error, request_id)
-
-
-def internal_error_reply(request_id: str) -> Reply:
-    """What an unexpected failure outside any pipeline is answered (the cause is logged)."""
-    return render_error(InternalError(), request_id)
 
 
 def task_endpoint(handler: TaskHandler, path: str) -> Callable[[Request], Awaitable[Response]]:

@@ -58,8 +58,6 @@ _APP_MIDDLEWARE_STOOD_IN_FOR = (InFlightLimit, BodyLimit, ConnectionRecycler)
 class LaneHandler(Protocol):
     """What the lane needs of the application: the one task handler (``service.api.handler``)."""
 
-    def handles(self, path: str) -> bool: ...
-
     async def answer(
         self, path: str, body: bytes, content_type: str | None, request_id: str, method: str = "POST"
     ) -> Reply: ...
