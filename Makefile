@@ -71,7 +71,7 @@ fuzz: $(VENV)/.test-$(ORT)
 	MODELSERVE_FUZZ_MODE=positive MODELSERVE_FUZZ_EXAMPLES=300 MODELSERVE_FUZZ_MIN_2XX=1000 \
 	  $(BIN)/pytest tests/test_openapi_fuzz.py -s
 
-## bench: server vs bare FastAPI vs in-process ONNX Runtime (writes docs/benchmarks.md)
+## bench: server vs bare FastAPI vs in-process ONNX Runtime (writes docs/evidence/benchmarks.md)
 bench: $(VENV)/.bench-$(ORT)
 	$(BIN)/python -m bench
 

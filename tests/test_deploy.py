@@ -46,7 +46,7 @@ PORT = 3000
 IMAGE_UID = 10001
 # What SIGTERM costs after the preStop sleep: each worker's graceful shutdown (the drain of
 # requests in flight, the last lingering close, a margin: Settings.graceful_shutdown_s), then
-# the service's shutdown and the arbiter's exit, measured at 1-2 s (docs/reliability.md). The
+# the service's shutdown and the arbiter's exit, measured at 1-2 s (docs/evidence/reliability.md). The
 # margin covers a slow node.
 EXIT_S = 2.5
 MARGIN_S = 5.0

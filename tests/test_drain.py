@@ -9,7 +9,7 @@ answer (served, or 503 with ``Connection: close`` and ``Retry-After``), and no c
 the 4 stuck requests get a 503 at the drain deadline; a client that connects after SIGTERM is
 refused (the server no longer listens), not accepted and reset later; then the whole process
 tree exits within the Kubernetes grace period. Bounded: 196 requests, at most about a minute. Figures in
-docs/reliability.md.
+docs/evidence/reliability.md.
 """
 
 from __future__ import annotations

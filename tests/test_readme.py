@@ -31,13 +31,7 @@ ADDRESS = "127.0.0.1:3000"
 BLOCK = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 RUNNERS = {"bash": "bash", "python": "python"}
 # Pages other people are writing now, linked before they land; drop a name once its page exists.
-PENDING = {"docs/serving-your-model.md"}
-# Links in pages this change may not edit, to pages it moved to docs/evidence/: their owners
-# update them. Listed so that the test names them instead of failing the whole run.
-MOVED = {
-    ("docs/fleet.md", "reliability.md"): "evidence/reliability.md",
-    ("docs/training.md", "forecaster_backtest.txt"): "evidence/forecaster_backtest.txt",
-}
+PENDING: set[str] = set()
 
 
 @dataclass
@@ -168,14 +162,10 @@ def _links(page: Path) -> list[str]:
     "page", [README, *(p for p in _pages() if p.suffix == ".md")], ids=lambda p: str(p.relative_to(ROOT))
 )
 def test_every_relative_link_leads_to_a_file(page):
-    name = str(page.relative_to(ROOT))
     broken = []
     for target in _links(page):
         path = (page.parent / target).resolve()
         if path.exists() or str(path.relative_to(ROOT)) in PENDING:
             continue
         broken.append(target)
-    known = [t for t in broken if (name, t) in MOVED]
-    assert not (unknown := [t for t in broken if t not in known]), f"{name} links missing files: {unknown}"
-    if known:
-        pytest.xfail(f"{name} links {known}, moved to {[MOVED[name, t] for t in known]}: owner updates")
+    assert not broken, f"{page.relative_to(ROOT)} links missing files: {broken}"

@@ -10,7 +10,7 @@ Whether BentoML and uvicorn still offer the places the module hooks into is chec
 
 No assert is on a time: each test checks the order of events (the answer came before the
 client finished sending; the connection was closed while the client still waited), and each
-is bounded in bytes and seconds. Figures in docs/reliability.md.
+is bounded in bytes and seconds. Figures in docs/evidence/reliability.md.
 """
 
 from __future__ import annotations
