@@ -12,7 +12,7 @@ BentoML runs the workers, their start-up and shutdown, ``/livez`` and ``/readyz`
 A task request reaches the one handler (``service.api.handler``) through one of two adapters:
 the app mounted below (ASGI), or the direct lane inside the connection's protocol, which
 each worker builds at start from what the app shares with it. The settings that keep
-BentoML's per-request cost down are below, each measured in docs/benchmarks.md.
+BentoML's per-request cost down are below, each measured in docs/evidence/benchmarks.md.
 """
 
 from __future__ import annotations
