@@ -5,7 +5,7 @@ every log line written while a request is handled in ``request_id`` (``service.t
 sets it), so an operator can find a client's failed request in the log.
 
 Ids are made for the per-request CPU they cost (the service is tuned for it,
-docs/benchmarks.md): a per-worker prefix (process id and random bits, so that workers and
+docs/evidence/benchmarks.md): a per-worker prefix (process id and random bits, so that workers and
 restarts never share ids) and a counter, not a uuid4 per request.
 """
 
