@@ -257,7 +257,7 @@ class LoadedModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning pool threads burn a core that the HTTP event loop needs (docs/benchmarks.md).
+        # Spinning pool threads burn a core that the HTTP event loop needs (docs/evidence/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = config.provider_arguments()
         if TENSORRT in config.providers:
