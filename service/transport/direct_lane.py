@@ -14,7 +14,7 @@ Why two adapters: at 64 concurrent ``/classify`` clients on two cores, the ASGI 
 request crosses (uvicorn's request cycle and its messages, BentoML's app with its context,
 timeout and routing middleware, Starlette's request and response objects, the service's
 middleware) cost more CPU than parsing, validating, batching, running and encoding it
-together (docs/benchmarks.md). None of those layers changes a task route's answer, so the
+together (docs/evidence/benchmarks.md). None of those layers changes a task route's answer, so the
 lane stands in for them:
 
 - the in-flight limit: the same :class:`~service.transport.middleware.Admission`, entered
