@@ -51,7 +51,7 @@ is still queued with a 503) and the worker exits. So a worker has closed every c
 at most ``drain_timeout_s + linger_s`` seconds after SIGTERM, is past uvicorn's bound one second
 later, and every process of the server is gone after the service's shutdown and the arbiter's
 exit, which took one to two seconds more: about 10 s with the defaults (measured figures in
-docs/reliability.md).
+docs/evidence/reliability.md).
 
 Settings (``service.platform.settings``), each read from ``MODELSERVE_<FIELD>`` (seconds):
 
