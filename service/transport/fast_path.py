@@ -3,7 +3,7 @@
 Why: on a small request, FastAPI's parameter solving and response serialisation would
 double the CPU a request costs, and its middleware stack, its router (which tries each
 route's pattern in turn) and its route layer cost about a tenth more (measured with
-bench/pyspy_profile.py; see docs/benchmarks.md). The service's endpoints need none of it:
+bench/pyspy_profile.py; see docs/evidence/benchmarks.md). The service's endpoints need none of it:
 they take the ``Request`` and its path parameters, read and validate their bodies
 themselves (``service.api.request_bodies``), and return a ready ``Response``.
 
