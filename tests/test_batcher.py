@@ -272,3 +272,61 @@ def test_closing_lets_the_running_batch_finish_and_answers_everything_queued():
     assert first == [0]
     assert all(isinstance(outcome, BatcherClosed) for outcome in queued), queued
     assert model.batches == [[0]]
+
+
+class SlowModel:
+    """run_batch that takes ``per_item_s`` of wall time per item (a sleep on its thread)."""
+
+    def __init__(self, per_item_s: float) -> None:
+        self.per_item_s = per_item_s
+
+    def __call__(self, items: list[int]) -> list[int]:
+        threading.Event().wait(self.per_item_s * len(items))
+        return items
+
+
+def test_a_request_that_would_not_run_within_the_queue_timeout_is_refused_before_it_queues():
+    # 4 ms an item, batches of 4: the queue drains 250 items a second, so with a 0.2 s queue
+    # timeout about 50 items fit; the bound on memory (1,000) is far away.
+    model = SlowModel(0.004)
+
+    async def scenario():
+        batcher = Batcher(
+            model, max_batch_size=4, max_queue_size=1000, queue_timeout_s=0.2, executor=ThreadPoolExecutor(1)
+        )
+        await batcher.submit(list(range(8)))  # the drain rate is measured on real batches
+        assert batcher.refusal() is None  # nothing queued: room
+        queued = [asyncio.ensure_future(batcher.submit([i])) for i in range(40)]
+        await asyncio.sleep(0)
+        wait = batcher.expected_wait_s()
+        at_40 = batcher.refusal()
+        big = batcher.refusal(items=100)  # 140 items would take about 0.56 s
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit(list(range(100)))
+        await asyncio.gather(*queued)
+        return wait, at_40, big, refused.value
+
+    wait, at_40, big, refused = run(scenario())
+    assert wait >= 0.16, wait  # 40 items at 4 ms or more each
+    assert at_40 is None
+    assert isinstance(big, QueueFull) and big.retry_after_s == 1  # whole seconds, at least one
+    assert refused.retry_after_s >= 1
+
+
+def test_retry_after_is_the_time_the_queue_takes_to_drain():
+    model = SlowModel(0.01)  # 100 items a second
+
+    async def scenario():
+        batcher = Batcher(
+            model,
+            max_batch_size=10,
+            max_queue_size=10_000,
+            queue_timeout_s=1.0,
+            executor=ThreadPoolExecutor(1),
+        )
+        await batcher.submit(list(range(20)))
+        return batcher.refusal(items=250)  # 2.5 s of work
+
+    refusal = run(scenario())
+    assert isinstance(refusal, QueueFull)
+    assert refusal.retry_after_s == 3, refusal.retry_after_s
