@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -286,13 +287,13 @@ class SlowModel:
 
 
 def test_a_request_that_would_not_run_within_the_queue_timeout_is_refused_before_it_queues():
-    # 4 ms an item, batches of 4: the queue drains 250 items a second, so with a 0.2 s queue
-    # timeout about 50 items fit; the bound on memory (1,000) is far away.
+    # 4 ms or more an item, batches of 4: the queue drains at most 250 items a second, so with a
+    # 0.5 s queue timeout at most 125 items fit; the bound on memory (1,000) is far away.
     model = SlowModel(0.004)
 
     async def scenario():
         batcher = Batcher(
-            model, max_batch_size=4, max_queue_size=1000, queue_timeout_s=0.2, executor=ThreadPoolExecutor(1)
+            model, max_batch_size=4, max_queue_size=1000, queue_timeout_s=0.5, executor=ThreadPoolExecutor(1)
         )
         await batcher.submit(list(range(8)))  # the drain rate is measured on real batches
         assert batcher.refusal() is None  # nothing queued: room
@@ -300,16 +301,17 @@ def test_a_request_that_would_not_run_within_the_queue_timeout_is_refused_before
         await asyncio.sleep(0)
         wait = batcher.expected_wait_s()
         at_40 = batcher.refusal()
-        big = batcher.refusal(items=100)  # 140 items would take about 0.56 s
+        big = batcher.refusal(items=200)  # 240 items take 0.96 s or more
         with pytest.raises(QueueFull) as refused:
-            await batcher.submit(list(range(100)))
+            await batcher.submit(list(range(200)))
+        big_wait = batcher.expected_wait_s(200)
         await asyncio.gather(*queued)
-        return wait, at_40, big, refused.value
+        return wait, at_40, big, big_wait, refused.value
 
-    wait, at_40, big, refused = run(scenario())
+    wait, at_40, big, big_wait, refused = run(scenario())
     assert wait >= 0.16, wait  # 40 items at 4 ms or more each
     assert at_40 is None
-    assert isinstance(big, QueueFull) and big.retry_after_s == 1  # whole seconds, at least one
+    assert isinstance(big, QueueFull) and big.retry_after_s == math.ceil(big_wait)  # whole seconds
     assert refused.retry_after_s >= 1
 
 
