@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from store_format import NUMPY_DTYPE_NAMES, ORT_DATATYPES, Manifest, TensorSpec, load_verified
+from store_format import (
+    NUMPY_DTYPE_NAMES,
+    ORT_DATATYPES,
+    TENSOR_TASK,
+    Manifest,
+    TensorSpec,
+    load_verified,
+)
 
 log = logging.getLogger(__name__)
 
@@ -368,19 +375,37 @@ class LoadedModel:
         return dict(zip(self.output_names, outputs, strict=True))
 
     def _check_graph_matches_manifest(self) -> None:
-        for kind, declared, actual in (
-            ("input", self.manifest.inputs, self.session.get_inputs()),
-            ("output", self.manifest.outputs, self.session.get_outputs()),
+        """Each input and output the manifest names is the graph's, with its datatype and shape.
+
+        Compared by name: feeds and requested outputs are named, so the graph's order does not
+        matter (an import lists them in the order ``--inputs``/``--outputs`` give). Every input
+        must be declared (each one is fed). The graph's outputs must be the manifest's plus, for
+        an imported model, its ``serving.hidden_outputs``: left out at import, never requested
+        (:meth:`run` asks for the manifest's outputs only), so they may be anything, a sequence
+        of maps included.
+        """
+        hidden: tuple[str, ...] = ()
+        if self.manifest.task == TENSOR_TASK:
+            hidden = tuple(self.manifest.serving.get("hidden_outputs", ()))
+        for kind, declared, actual, allowed in (
+            ("input", self.manifest.inputs, self.session.get_inputs(), ()),
+            ("output", self.manifest.outputs, self.session.get_outputs(), hidden),
         ):
-            found = [
-                TensorSpec(
+            found = {
+                a.name: TensorSpec(
                     a.name,
                     _ORT_TYPES.get(a.type, a.type),
                     tuple(d if isinstance(d, int) else -1 for d in a.shape),
                 )
                 for a in actual
-            ]
-            if list(declared) != found:
+                if a.name not in allowed
+            }
+            expected = {spec.name: spec for spec in declared}
+            missing = [name for name in allowed if name not in {a.name for a in actual}]
+            if found != expected or missing:
+                hidden_note = f" (besides the hidden {list(allowed)})" if allowed else ""
                 raise GraphMismatch(
-                    f"{self.label}: the graph's {kind}s {found} differ from the manifest's {list(declared)}"
+                    f"{self.label}: the graph's {kind}s {list(found.values())}{hidden_note} differ from "
+                    f"the manifest's {list(declared)}"
+                    + (f"; the graph has no {kind}s {missing}" if missing else "")
                 )
