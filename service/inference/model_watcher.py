@@ -17,6 +17,15 @@ passes over, is named in a warning and counted there too (reason ``manifest``) o
 been so for a poll interval, so that a version being copied in by hand is not flagged half
 way. Each worker swaps on its own: for up to one poll interval (plus a load) two workers may
 serve different versions. The flow, measured: docs/model-lifecycle.md.
+
+A model name new to the store (a folder with a published version, when ``MODELSERVE_MODELS``
+is unset; that setting fixes the models served) is found at the next poll and goes through the
+same verify, load, warm-up and swap, at its pinned version if ``MODELSERVE_MODEL_VERSIONS``
+names it. If no version of it loads, it is reported as not served (its ready route, the log,
+``modelserve_model_load_failures_total``) without taking ``/readyz`` to 503, and is tried again
+when its files change, like any failed version. Removing a served model's folder changes
+nothing until a restart: the model stays served from memory (warned once). Each worker finds
+a new model on its own poll.
 """
 
 from __future__ import annotations
@@ -36,10 +45,11 @@ from service.inference.registry import (
     failure_reason,
     load_pipeline,
     newest_folder_without_manifest,
+    public_words,
     version_fingerprint,
 )
 from service.inference.runtime import ModelLoadError
-from store_format import ManifestError, list_versions, read_manifest
+from store_format import ManifestError, list_models, list_versions, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +112,46 @@ class ModelWatcher:
                 log.exception("model store poll failed; the next one is in %g s", self.poll_s)
 
     async def poll(self) -> None:
-        """One look at the store: swap each unpinned model to the version it should serve."""
+        """One look at the store: serve each model new to it, and swap each unpinned model to the
+        version it should serve (a pinned one only while its pinned version is not served)."""
         self.look_for_unpublished()
+        await self.discover()
         for name in self.registry.names():
-            if name not in self.settings.model_versions:
+            if name not in self.settings.model_versions or self.registry.serving_version(name) is None:
                 await self.update(name)
+
+    def new_names(self) -> list[str]:
+        """Models in the store this worker neither serves nor reports; none with MODELSERVE_MODELS."""
+        if self.settings.models:
+            return []
+        known = set(self.registry.names())
+        return [name for name in list_models(self.settings.model_store) if name not in known]
+
+    async def discover(self) -> None:
+        """Serve each model new to the store like a new version; report one that does not load.
+
+        A model that appeared earlier, failed, and whose folder is gone is no longer reported.
+        """
+        store = self.settings.model_store
+        for name in sorted(self.registry.appeared):
+            if name not in self.registry.pipelines and not list_versions(store, name):
+                self.registry.forget(name)
+                log.info("model %s, which was never served, is gone from the model store", name)
+        for name in self.new_names():
+            log.info("model %s is new in the model store", name)
+            await self.update(name)
+            if self.registry.serving_version(name) is not None:
+                continue
+            newest = max(list_versions(store, name), default=None)
+            reason = None if newest is None else self.registry.failed_versions.reason(name, newest)
+            # No failure of its newest version: no version had the precision asked for (or the pin).
+            self.registry.add_appeared_failure(name, newest, public_words(reason or "manifest"))
+            log.error(
+                "model %s is new in the model store and is NOT served (%s); the models served are "
+                "unaffected and /readyz does not change; it is tried again when its files change",
+                name,
+                reason or "no servable version",
+            )
 
     def look_for_unpublished(self) -> None:
         """Warn once, and count, each unpinned model whose newest version folder has had no
@@ -117,7 +162,7 @@ class ModelWatcher:
         It is warned about again only if it goes away (its manifest arrives, or the folder is
         removed) and comes back.
         """
-        for name in self.registry.names():
+        for name in [*self.registry.names(), *self._new_folders()]:
             if name in self.settings.model_versions:
                 continue
             version = newest_folder_without_manifest(self.settings.model_store, name)
@@ -138,6 +183,16 @@ class ModelWatcher:
                     version,
                     "no version is" if serving is None else f"{name}/{serving} is served instead",
                 )
+
+    def _new_folders(self) -> list[str]:
+        """Folders of the store (not hidden) that are no model this worker knows, unless
+        MODELSERVE_MODELS fixes the models served: a new model may be copied in by hand."""
+        store = Path(self.settings.model_store)
+        if self.settings.models or not store.is_dir():
+            return []
+        known = set(self.registry.names())
+        folders = (p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in folders if p.name not in known)
 
     async def update(self, name: str) -> None:
         """Serve the best loadable candidate of ``name``, unless it is the version served now."""
@@ -162,9 +217,13 @@ class ModelWatcher:
 
     def candidates(self, name: str) -> Iterator[tuple[int, str]]:
         """Versions of ``name`` that may be served, highest first, each with its files' fingerprint;
-        failures are recorded on the way."""
+        failures are recorded on the way. A pinned model's only candidate is its pin, whatever its
+        precision or verdict, as at start-up."""
         store, failed = self.settings.model_store, self.registry.failed_versions
+        pin = self.settings.model_versions.get(name)
         for version in reversed(list_versions(store, name)):
+            if pin is not None and version != pin:
+                continue
             fingerprint = version_fingerprint(store, name, version)
             if failed.known(name, version, fingerprint):
                 continue
@@ -172,6 +231,9 @@ class ModelWatcher:
                 manifest = read_manifest(Path(store) / name / str(version))
             except ManifestError as exc:
                 failed.add(name, version, "manifest", exc, fingerprint)
+                continue
+            if pin is not None:
+                yield version, fingerprint
                 continue
             if manifest.precision != self.settings.precision:
                 continue

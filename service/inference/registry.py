@@ -4,6 +4,12 @@ At start-up each configured model is verified (sha256 against its manifest), loa
 ONNX Runtime and warmed up at every batch size. A model that fails any step is not
 served, is named in the log, and keeps ``/readyz`` at 503; the others still serve.
 
+A model that first appears in the store while the server runs (found by the model watcher) is
+served once it loads; if it fails, it is reported like one that failed at start-up (its ready
+route answers 503 with why, the log, ``modelserve_model_load_failures_total``) but does not take
+``/readyz`` to 503: every replica watching the store would drop out of rotation at once, over a
+model none of them served yet (see :attr:`ModelRegistry.appeared`).
+
 While serving, ``service.inference.model_watcher`` swaps a newer version in with :meth:`ModelRegistry.swap_in`
 (one assignment: a request that already holds the old pipeline finishes there) and closes
 the old one after a grace period with :meth:`ModelRegistry.release`. Versions that failed are
@@ -152,15 +158,21 @@ class FailedVersions:
     def __init__(self, store: Path) -> None:
         self.store = Path(store)
         self._fingerprints: dict[tuple[str, int], str] = {}
+        self._reasons: dict[tuple[str, int], str] = {}
 
     def known(self, name: str, version: int, fingerprint: str) -> bool:
         """Whether this version, with exactly these files, has failed before."""
         return self._fingerprints.get((name, version)) == fingerprint
 
+    def reason(self, name: str, version: int) -> str | None:
+        """The ``failure_reason`` label of this version's last failure, if it failed."""
+        return self._reasons.get((name, version))
+
     def add(self, name: str, version: int | None, reason: str, why: object, fingerprint: str = "") -> None:
         if version is not None:
             key = (name, version)
             self._fingerprints[key] = fingerprint or version_fingerprint(self.store, name, version)
+            self._reasons[key] = reason
         record_load_failure(name, version, reason)
         label = name if version is None else f"{name}/{version}"
         log.error("model version %s failed (%s) and is NOT served: %s", label, reason, why)
@@ -189,6 +201,11 @@ class ModelRegistry:
         self.settings = settings
         self.config = config
         self.failed_versions = failed_versions or FailedVersions(settings.model_store if settings else Path())
+        # Models that first appeared in the store while serving and are not served yet: their
+        # failures are reported (self.failures) but do not count against readiness. A server in
+        # rotation stays there over a model it never served; every replica reading the same
+        # store would otherwise leave at once, and the models they do serve with them.
+        self.appeared: set[str] = set()
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -232,11 +249,29 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return bool(self.pipelines) and not self.failures
+        return bool(self.pipelines) and self.failures.keys() <= self.appeared
 
     def readiness(self) -> dict[str, str]:
         """Each model this worker knows of: "ready", or why it is not served."""
-        return {**dict.fromkeys(self.pipelines, "ready"), **self.failures}
+        failures = {
+            name: f"{reason} (new in the store while serving: does not hold /readyz at 503)"
+            if name in self.appeared
+            else reason
+            for name, reason in self.failures.items()
+        }
+        return {**dict.fromkeys(self.pipelines, "ready"), **failures}
+
+    def add_appeared_failure(self, name: str, version: int | None, reason: str) -> None:
+        """Report ``name``, new in the store while serving, as not served (``reason``: public words)."""
+        self.failures[name] = reason
+        self.appeared.add(name)
+        mark_not_ready(name, version)
+
+    def forget(self, name: str) -> None:
+        """Stop listing ``name``, which appeared while serving, failed, and whose folder is gone."""
+        if name in self.appeared and name not in self.pipelines:
+            self.failures.pop(name, None)
+            self.appeared.discard(name)
 
     def names(self) -> list[str]:
         """Every model this worker serves or was asked to serve (those that failed too)."""
@@ -296,6 +331,7 @@ class ModelRegistry:
         old = self.pipelines.get(model.name)
         self.pipelines[model.name] = pipeline
         self.failures.pop(model.name, None)
+        self.appeared.discard(model.name)
         mark_ready(model.name, model.version)
         record_model_provider(model.name, model.version, model.provider)
         record_swap(model.name, None if old is None else old.model.version, model.version)
@@ -391,14 +427,18 @@ PUBLIC_REASONS = {
     "onnxruntime": "ONNX Runtime could not load its model.onnx",
     "graph": "its model.onnx's inputs and outputs do not match its manifest",
     "warmup": "ONNX Runtime could not run it at warm-up",
+    "gate": "its quality gate rejected it",
 }
 
 
 def public_reason(exc: ModelLoadError) -> str:
     """Why a model failed to load, for clients: the kind of fault, not the file or library text."""
-    return PUBLIC_REASONS.get(
-        failure_reason(exc), "it does not match its manifest or this server's configuration"
-    )
+    return public_words(failure_reason(exc))
+
+
+def public_words(reason: str) -> str:
+    """A ``failure_reason`` label in words fit for a client."""
+    return PUBLIC_REASONS.get(reason, "it does not match its manifest or this server's configuration")
 
 
 class WorkerBoard:
