@@ -281,7 +281,7 @@ def _interface(
     for kind, names in (("input", input_order), ("output", [v.name for v in graph_outputs])):
         for name in names:
             if kind == "output" and name not in output_order:
-                continue  # left out with --outputs: never run, so it may be anything
+                continue  # left out with --outputs: never returned, so it may be anything
             value = by_name[name]
             datatype = _datatype(kind, value)
             if not value.type.tensor_type.HasField("shape"):

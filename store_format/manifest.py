@@ -257,7 +257,8 @@ class TensorServing:
 
     Every input in the manifest must be fed, and its outputs are the ones returned (and run);
     ``hidden_outputs`` names the graph's other outputs, left out at import (``--outputs``) and
-    never run, so that a check of the graph against the manifest can account for them.
+    never asked of ONNX Runtime (which may still compute them on the way), so that a check of
+    the graph against the manifest can account for them.
     ``batch_axis`` 0: requests are concatenated along axis 0, up to ``max_batch_size`` items
     (rows of axis 0) per run, waiting up to ``max_wait_ms`` for batch mates; only requests whose
     other dimensions all match may share a run. ``None``: each request is one run on its own

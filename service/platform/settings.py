@@ -415,11 +415,11 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description=(
-            "Every this many seconds each worker looks in the model store for a newer servable "
-            "version of each unpinned model (or, when its version's folder was removed, the one "
-            "below it), loads, verifies and warms it in the background, and swaps it in "
-            "(docs/model-lifecycle.md). 0 = never: the versions loaded at start-up are served "
-            "until the server stops."
+            "Every this many seconds each worker looks in the model store for models new to it "
+            "(unless MODELSERVE_MODELS names the models) and for a newer servable version of each "
+            "unpinned model (or, when its version's folder was removed, the one below it), loads, "
+            "verifies and warms it in the background, and swaps it in (docs/model-lifecycle.md). "
+            "0 = never: the models and versions loaded at start-up are served until the server stops."
         ),
     )
     model_release_grace_s: float = Field(
