@@ -23,11 +23,14 @@ from training.models.classifier import (
 )
 from training.options import TrainOptions
 from training.train_classifier import (
+    ONE_PIXEL_SHIFTS,
     QUALITY_BAR,
     ClassifierTrainConfig,
     confusion_matrix,
     load_split,
+    random_affine,
     random_shift,
+    shifted,
     train,
 )
 
@@ -102,6 +105,31 @@ def test_random_shift_moves_images_by_at_most_one_pixel() -> None:
     for image, original in zip(shifted, padded, strict=True):
         windows = [original[:, 1 + dy : 9 + dy, 1 + dx : 9 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         assert any(torch.equal(image, w) for w in windows)
+
+
+def test_random_affine_keeps_or_moves_images_and_their_ink() -> None:
+    _, _, x, _ = held_out_split()
+    x = x[:64]
+    assert torch.equal(random_affine(x, 0.0, 10.0, 0.1, torch.Generator().manual_seed(0)), x)
+    moved = random_affine(x, 1.0, 10.0, 0.1, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+    assert moved.min() >= 0 and moved.max() <= 16  # bilinear: never outside the pixel range
+    # a small rotation, scale and shift keeps most of a digit's ink (some may leave the frame)
+    ratio = moved.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
+    assert ratio.min() > 0.6 and ratio.max() < 1.4
+    again = random_affine(x, 1.0, 10.0, 0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)  # the generator decides everything
+
+
+def test_shifted_moves_every_image_one_pixel() -> None:
+    x = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8)
+    for dy, dx in ONE_PIXEL_SHIFTS.values():
+        out = shifted(x, dy, dx)[0, 0]
+        assert torch.equal(
+            out[max(dy, 0) : 8 + min(dy, 0), max(dx, 0) : 8 + min(dx, 0)],
+            x[0, 0, max(-dy, 0) : 8 + min(-dy, 0), max(-dx, 0) : 8 + min(-dx, 0)],
+        )
+        assert out.sum() < x.sum()  # a row or column of zeros came in
 
 
 def test_confusion_matrix_counts() -> None:

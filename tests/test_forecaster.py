@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,12 @@ from training.backtest_folds import BOUNDS, FOLDS, backtest
 from training.export import PARITY_ATOL, TrainedModel, check_parity, export_onnx
 from training.forecast_baselines import (
     RIDGE_WINDOW,
+    RidgeBaseline,
     bands,
     comparison_metrics,
     fit_ridge,
+    ridge_design,
+    ridge_solve,
     seasonal_naive_step_drift,
     targets,
 )
@@ -26,7 +30,9 @@ from training.forecaster_report import report
 from training.linear_forecast import linear_forecasts, prior_matrix
 from training.models.forecaster import Forecaster, ForecasterConfig
 from training.models.linear_forecaster import LinearForecaster, LinearForecasterConfig
+from training.models.residual_forecaster import ResidualForecaster, ResidualForecasterConfig
 from training.options import TrainOptions
+from training.residual_fit import ResidualFitConfig, fit_residual, out_of_fold_ridge
 from training.train_forecaster import (
     DRY_RUN_OVERRIDES,
     QUALITY_BAR,
@@ -40,6 +46,7 @@ from training.train_forecaster import (
     origins,
     pad_rows,
     probe_loss,
+    residual_example_inputs,
     sample_batch,
     seasonal_naive_drift,
     split_points,
@@ -337,6 +344,93 @@ def test_a_trained_candidate_in_the_backtest_never_reads_the_test_weeks(series):
 def test_linear_onnx_export_parity_and_padding(linear, series, tmp_path):
     example_inputs = linear_example_inputs(series, linear.config, seed=0)
     assert_exports_with_parity(linear, example_inputs, series, tmp_path)
+
+
+# --- the residual forecaster: the ridge plus GRUs on what it leaves ---------------------------------
+
+
+def fitted_ridge(series: np.ndarray) -> RidgeBaseline:
+    val_start, test_start = split_points(len(series), ForecasterTrainConfig())
+    return fit_ridge(series, val_start, test_start, 52)
+
+
+@pytest.fixture(scope="module")
+def residual(series) -> ResidualForecaster:
+    """The baseline ridge in the graph and untrained GRUs whose last layers are not zero (a fresh
+    model's correction is exactly zero), at shrink 1."""
+    torch.manual_seed(0)
+    model = ResidualForecaster(ResidualForecasterConfig())
+    ridge = fitted_ridge(series)
+    model.ridge.set_map(torch.from_numpy(ridge.weights), torch.from_numpy(ridge.intercept))
+    for net in model.nets:
+        torch.nn.init.normal_(net.head[-1].weight, std=0.1)
+    return model.eval()
+
+
+def test_residual_forecaster_at_shrink_zero_is_the_ridge_baseline(residual, series):
+    ends = [1500, 1900, 2150]
+    rows = [series[e - 400 : e] for e in ends]
+    model = copy.deepcopy(residual)
+    with torch.no_grad():
+        corrected = model(*pad_rows(rows)).numpy()
+        model.shrink.fill_(0.0)
+        ridge_only = model(*pad_rows(rows)).numpy()
+    np.testing.assert_allclose(ridge_only, fitted_ridge(series).predict(series, ends), atol=1e-3)
+    assert np.abs(corrected - ridge_only).max() > 1e-2  # the correction is there at shrink 1
+
+
+def test_residual_forecaster_ignores_padding_and_follows_the_level(residual, series):
+    rows = windows(series, MIXED)
+    history, lengths = padded(rows, 1500)
+    noisy_history, _ = padded(rows, 1600, fill=1e4)
+    with torch.no_grad():
+        batch, noisy = residual(history, lengths), residual(noisy_history, lengths)
+        alone = torch.cat([residual(*pad_rows([row])) for row in rows])
+        shifted = residual(history + 50.0, lengths)
+    assert (batch - alone).abs().max().item() <= 1e-4
+    assert (noisy - alone).abs().max().item() <= 1e-4
+    assert torch.allclose(shifted - batch, torch.full_like(batch, 50.0), atol=1e-3)
+
+
+def test_residual_onnx_export_parity_and_padding(residual, series, tmp_path):
+    example_inputs = residual_example_inputs(series, residual.config, seed=0)
+    assert_exports_with_parity(residual, example_inputs, series, tmp_path)
+
+
+def test_out_of_fold_ridge_errors_come_from_ridges_without_those_origins(series):
+    ends = list(range(156, 1200))
+    oof = out_of_fold_ridge(series, ends, 52, 156, 100.0, 5)
+    x = ridge_design(series, ends, 156)
+    z = targets(series, ends, 52) - series[np.array(ends) - 1][:, None]
+    first = np.array_split(np.arange(len(ends)), 5)[0]
+    weights, intercept = ridge_solve(x[first[-1] + 1 :], z[first[-1] + 1 :], 100.0)
+    np.testing.assert_allclose(oof[first], intercept + x[first] @ weights)
+    # the errors it leaves are larger than those of a ridge scored on its own training origins
+    in_sample_weights, in_sample_intercept = ridge_solve(x, z, 100.0)
+    assert np.abs(oof - z).mean() > np.abs(in_sample_intercept + x @ in_sample_weights - z).mean()
+
+
+@pytest.mark.slow
+def test_residual_fit_never_reads_the_test_weeks_and_keeps_what_it_says(series):
+    val_start, test_start = split_points(len(series), ForecasterTrainConfig())
+    ridge = fitted_ridge(series)
+    for cfg in (
+        ResidualFitConfig(steps=20, eval_every=10),
+        ResidualFitConfig(steps=20, eval_every=10, shrink=None),
+    ):
+        fits = [
+            fit_residual(y, val_start, test_start, cfg, seed=0)
+            for y in (series, with_test_weeks_changed(series))
+        ]
+        (model, record), (other, other_record) = fits
+        assert record == other_record
+        for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+        assert record["ridge_alpha"] == ridge.alpha and model.shrink.item() == record["shrink"]
+        if cfg.shrink is None:  # chosen on validation, the ridge alone (shrink 0) a candidate
+            assert record["val_mae_kept"] <= record["val_mae_ridge"] and record["shrink"] in cfg.shrinks
+        else:  # the last step at the fixed shrink
+            assert record["shrink"] == cfg.shrink and record["kept_step"] == cfg.steps
 
 
 # --- the committed model ------------------------------------------------------------------------

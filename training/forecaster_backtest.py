@@ -36,8 +36,10 @@ import numpy as np
 from training.backtest_folds import (
     BAND_LIMIT,
     BOUNDS,
+    EVAL_WEEKS,
     FOLDS,
     HORIZON,
+    FoldScore,
     Forecasts,
     Trainer,
     backtest,
@@ -48,9 +50,12 @@ from training.common import seed_everything, torch_threads
 from training.forecast_baselines import bands
 from training.linear_forecast import LinearRecipe
 from training.models.forecaster import Forecaster, ForecasterConfig
+from training.residual_fit import ResidualFitConfig, fit_residual
 from training.train_forecaster import ForecasterTrainConfig, choose_window, fit, forecast, load_series
 
 ALPHAS = (1e-2, 1e1, 1e2, 1e3, 1e4, 1e5)
+GRU = "gru (forecaster/2's recipe)"
+RESIDUAL = "residual: the ridge + GRUs on its errors"
 
 
 def candidates() -> list[LinearRecipe]:
@@ -85,6 +90,65 @@ def gru_trainer(cfg: Any = None, seed: int = 0) -> Trainer:
     return train
 
 
+def residual_trainer(cfg: ResidualFitConfig | None = None, seed: int = 0) -> Trainer:
+    """The residual recipe as a backtest candidate: fitted on a fold's series exactly as
+    ``python -m training`` fits it on the whole one (the ridge, then the GRUs on its out-of-fold
+    errors, their step and shrink chosen on the fold's validation weeks)."""
+    cfg = cfg or ForecasterTrainConfig().residual
+    threads = ForecasterTrainConfig().threads
+
+    def train(yj: np.ndarray) -> Forecasts:
+        test_start = len(yj) - EVAL_WEEKS
+        with torch_threads(threads):
+            model, _ = fit_residual(yj, test_start - EVAL_WEEKS, test_start, cfg, seed)
+        return lambda y, ends: forecast(model, y, ends, model.config.window)
+
+    return train
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided p-value of ``wins`` against ``losses`` (ties left out) if either were equally likely."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def paired(scores: dict[str, list[FoldScore]], name: str, other: str | None) -> str:
+    """``name`` against the ridge (or against ``other``) fold by fold: wins, losses, sign test."""
+    mine = [f.mae for f in scores[name]]
+    theirs = [f.ridge_mae for f in scores[name]] if other is None else [f.mae for f in scores[other]]
+    wins = sum(a < b for a, b in zip(mine, theirs, strict=True))
+    losses = sum(a > b for a, b in zip(mine, theirs, strict=True))
+    against = "the ridge" if other is None else other
+    return (
+        f"{name} vs {against}: better in {wins} of {len(mine)} folds, worse in {losses}, "
+        f"sign test p = {sign_test(wins, losses):.3f}"
+    )
+
+
+def plot_folds(scores: dict[str, list[FoldScore]], names: list[str], path: Path) -> None:
+    """Each named candidate's MAE ratio to the ridge per fold (the year its evaluated weeks start)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name in names:
+        folds = scores[name]
+        ax.plot([2001 - f.fold - 1 for f in folds], [f.ratio for f in folds], "o-", label=name)
+    ax.axhline(1.0, color="black", lw=1, ls="--", label="the ridge")
+    ax.set_xlabel("first evaluated year of the fold")
+    ax.set_ylabel("MAE / the ridge's MAE")
+    ax.set_title("the backtest fold by fold (below 1: better than the ridge)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.forecaster_backtest", description=__doc__)
     parser.add_argument("--json", type=Path, default=None, help="also write every fold's figures here")
@@ -93,10 +157,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also train the GRU recipe in every fold (about 90 s a fold)",
     )
+    parser.add_argument(
+        "--residual",
+        action="store_true",
+        help="also fit the residual recipe (the ridge, GRUs on its errors) in every fold (about 60 s a fold)",
+    )
+    parser.add_argument("--plot", type=Path, default=None, help="plot the trained candidates' folds here")
     args = parser.parse_args(argv)
     y = load_series()[1]
     recipes = candidates()
-    trainers = {"gru (the default recipe)": gru_trainer()} if args.gru else None
+    trainers: dict[str, Trainer] = {}
+    if args.gru:
+        trainers[GRU] = gru_trainer()
+    if args.residual:
+        trainers[RESIDUAL] = residual_trainer()
     scores = backtest(y, recipes, trainers=trainers)
     summaries = {name: summary(folds) for name, folds in scores.items()}
     names = [band for band, _ in bands(HORIZON)]
@@ -126,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     trained = [n for name in trainers or {} for n in (name, f"mean of {name} and the ridge")]
     chosen = choose(summaries, [r.name for r in recipes] + trained)
     print(f"chosen: {chosen}")
+    for name in trainers:
+        print(paired(scores, name, None))
+    if GRU in trainers and RESIDUAL in trainers:
+        print(paired(scores, RESIDUAL, GRU))
+    if args.plot and trainers:
+        plot_folds(scores, list(trainers), args.plot)
     if args.json:
         record = {name: [vars(f) for f in folds] for name, folds in scores.items()}
         record = {"summaries": summaries, "folds": record, "chosen": chosen}

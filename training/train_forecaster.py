@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,9 @@ from training.forecast_baselines import (
 from training.linear_forecast import LinearRecipe, linear_forecasts
 from training.models.forecaster import Forecaster, ForecasterConfig
 from training.models.linear_forecaster import LinearForecaster, LinearForecasterConfig
+from training.models.residual_forecaster import ResidualForecaster, ResidualForecasterConfig
 from training.options import TrainOptions
+from training.residual_fit import ResidualFitConfig, fit_residual
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,9 @@ class ForecasterTrainConfig:
     ridge_alpha: float = RIDGE_CORRECTION_ALPHA
     ridge_recent_years: int = RIDGE_RECENT_YEARS
     dry_run_origins: int = 8  # training origins a dry run fits the linear map on
+    # "residual": the ridge baseline's own map plus GRUs trained on its out-of-fold errors, the
+    # correction's step and shrink chosen on the validation weeks (training/residual_fit.py)
+    residual: ResidualFitConfig = field(default_factory=ResidualFitConfig)
 
 
 # A dry run (CI smoke test) also takes fewer and smaller batches of shorter windows.
@@ -566,6 +571,8 @@ def train(options: TrainOptions, cfg: ForecasterTrainConfig | None = None) -> Tr
     cfg = cfg or ForecasterTrainConfig(**(DRY_RUN_OVERRIDES if options.dry_run else {}))
     if cfg.model == "linear":
         return train_linear(options, cfg)
+    if cfg.model == "residual":
+        return train_residual(options, cfg)
     assert cfg.model == "gru", f"unknown forecaster model {cfg.model!r}"
     return train_gru(options, cfg)
 
@@ -736,6 +743,111 @@ def train_linear(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedMo
             dates, y, missing, val_start, test_start, "reported (also the backtest's latest fold)"
         ),
         window=model_cfg.window,  # the recipe's
+        max_length=model_cfg.window,
+        artifacts=artifacts,
+    )
+
+
+# --- the residual forecaster: the ridge plus a GRU on what it leaves -------------------------
+
+
+def residual_example_inputs(
+    y: np.ndarray, config: ResidualForecasterConfig, seed: int
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """The linear forecaster's examples (the two read a window the same way), each preceded by
+    :func:`forget_gru_dispatch` because this graph holds GRUs too."""
+    examples = linear_example_inputs(y, config, seed)
+
+    def example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        forget_gru_dispatch()
+        return examples(batch)
+
+    return example_inputs
+
+
+def residual_metrics(
+    model: ResidualForecaster, y: np.ndarray, cfg: ForecasterTrainConfig, fit_record: dict[str, Any]
+) -> dict[str, Any]:
+    """Held-out figures of the residual forecaster, from the PyTorch module (histories capped at
+    its window): the test and validation weeks against every baseline, the test MAE at other
+    history lengths, and what the fit chose on the validation weeks."""
+    model_cfg = model.config
+    val_start, test_start = split_points(len(y), cfg)
+    test = evaluate(model, y, test_start, len(y), model_cfg.window, cfg.eval_batch)
+    val = evaluate(model, y, val_start, test_start, model_cfg.window, cfg.eval_batch)
+    metrics: dict[str, Any] = {
+        "test_mae": round(test["mae"], 4),
+        "baseline_mae": round(test["baseline_mae"], 4),
+        "improvement_vs_baseline": round(1 - test["mae"] / test["baseline_mae"], 4),
+        "test_origins": test["origins"],
+        "test_history_length": model_cfg.window,
+        "test_weeks": cfg.test_weeks,
+        "horizon": model_cfg.horizon,
+        "val_mae": round(val["mae"], 4),
+        "val_baseline_mae": round(val["baseline_mae"], 4),
+        **{k: v for k, v in fit_record.items() if k != "val_curve_full_correction"},
+    }
+    predict = lambda y_, ends: forecast(model, y_, ends, model_cfg.window, cfg.eval_batch)  # noqa: E731
+    metrics.update(validation_comparison(predict, y, val_start, test_start, model_cfg.horizon))
+    metrics.update(held_out_comparison(predict, y, val_start, test_start, model_cfg.horizon))
+    for length in (model_cfg.min_length, 300, 500, 2000):  # same origins and targets, other lengths
+        metrics[f"test_mae_history_{length}"] = round(
+            evaluate(model, y, test_start, len(y), length, cfg.eval_batch)["mae"], 4
+        )
+    return metrics
+
+
+def train_residual(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedModel:
+    """The residual forecaster: the ridge baseline's map in the graph plus GRUs trained on its
+    out-of-fold errors, their step and shrink chosen on the validation weeks
+    (:mod:`training.residual_fit`). An epoch is ``eval_every`` steps, one validation score."""
+    fit_cfg = cfg.residual
+    epochs = options.epochs_for(fit_cfg.steps // fit_cfg.eval_every, cfg.dry_run_epochs)
+    fit_cfg = replace(fit_cfg, steps=epochs * fit_cfg.eval_every)
+    model_cfg = ResidualForecasterConfig(min_length=cfg.min_window)
+    with torch_threads(cfg.threads):
+        seed_everything(options.seed)
+        dates, y, missing = load_series()
+        val_start, test_start = split_points(len(y), cfg)
+        started = time.perf_counter()
+        model, fit_record = fit_residual(y, val_start, test_start, fit_cfg, options.seed, model_cfg)
+        seconds = time.perf_counter() - started
+        log.info(
+            "forecaster: %d parameters, shrink %.2f at step %d (validation MAE %.4f, the ridge %.4f)",
+            num_parameters(model),
+            fit_record["shrink"],
+            fit_record["kept_step"],
+            fit_record["val_mae_kept"],
+            fit_record["val_mae_ridge"],
+        )
+        metrics = residual_metrics(model, y, cfg, fit_record)
+        log.info("forecaster: %s, %.1f s", metrics, seconds)
+        curve = {
+            "validation MAE, full correction (ppm)": [m for _, m in fit_record["val_curve_full_correction"]],
+            "validation MAE, the ridge (ppm)": [fit_record["val_mae_ridge"]] * epochs,
+        }
+        workdir, window = Path(options.workdir), model_cfg.window
+        artifacts = [
+            plot_curves(curve, workdir / "forecaster_curves.png", "residual forecaster training"),
+            plot_forecasts(model, dates, y, test_start, window, workdir / "forecaster_forecasts.png"),
+        ]
+
+    return publishable(
+        model,
+        residual_example_inputs(y, model_cfg, options.seed),
+        metrics=metrics,
+        training=training_record(
+            options,
+            cfg,
+            model_cfg,
+            optimizer="AdamW",
+            loss="MAE (ppm) of the ridge's out-of-fold errors",
+            loop_seconds=round(seconds, 1),
+        ),
+        dataset=dataset_record(
+            dates, y, missing, val_start, test_start, "the ridge's penalty, the GRUs' step and shrink"
+        ),
+        window=model_cfg.window,
         max_length=model_cfg.window,
         artifacts=artifacts,
     )
