@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from service.inference.registry import ModelRegistry
 from service.platform import request_ids
+from service.platform.deadlines import Deadlines
 from service.platform.errors import (
     JSON,
     REQUEST_ID_HEADER,
@@ -57,7 +58,7 @@ class TaskHandler:
     def __init__(self, routes: Iterable[Any], state: Any, deadline_s: float) -> None:
         self.routes = {route.path: (route.model, route.body) for route in routes}
         self.state = state
-        self.deadline_s = deadline_s
+        self._deadlines = Deadlines(deadline_s)
         self._late = Timeout(deadline_s)
 
     async def answer(
@@ -77,13 +78,17 @@ class TaskHandler:
         refusal = pipeline.overloaded()
         if refusal is not None:
             return _failed(pipeline.failed(refusal, path), method, path, request_id)
+        bucket = self._deadlines.enter()
         try:
-            async with asyncio.timeout(self.deadline_s):
-                payload = await pipeline.answer(await reader.read(body, content_type))
-        except TimeoutError:
+            payload = await pipeline.answer(await reader.read(body, content_type))
+        except asyncio.CancelledError:
+            if not self._deadlines.expired():
+                raise  # the client left, or the server stops
             return _failed(pipeline.failed(self._late, path), method, path, request_id)
         except Exception as exc:
             return _failed(pipeline.failed(exc, path), method, path, request_id)
+        finally:
+            bucket.discard(asyncio.current_task())  # type: ignore[arg-type]
         return Reply(
             200,
             (_JSON_HEADER, (REQUEST_ID_HEADER, request_id.encode())),
