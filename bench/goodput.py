@@ -34,6 +34,8 @@ from bench.runs import machine, revision
 from bench.servers import start_service
 
 CONCURRENCY = (16, 64, 256)
+REFUSING = "MODELSERVE_BATCH__QUEUE_TIMEOUT_S"
+MANY = 1000  # refusals in a cell before their CPU is estimated
 IMAGES = 64
 LUA = ROOT / "bench" / "wrk" / "goodput.lua"
 EVIDENCE = ROOT / "docs" / "evidence" / "goodput.md"
@@ -124,6 +126,24 @@ def measure(seconds: int) -> dict[str, Any]:
             rss = server.rss_bytes()
         finally:
             server.stop()
+        # What a refusal costs, where nearly every request is refused: the same server with a
+        # queue that holds almost nothing (its timeout at 20 ms), at 64 clients.
+        server = start_service("goodput-refusing", ROOT / "model_store", {REFUSING: "0.02"})
+        try:
+            for name, workload in workloads.items():
+                cpu_before = server.cpu_s()
+                cell = run_cell(server.url, workload, 64, seconds)
+                cell.update(
+                    workload=f"{name}, refusing",
+                    base=name,
+                    connections=64,
+                    server_cpu_s=server.cpu_s() - cpu_before,
+                    seconds=cell["duration_us"] / 1e6,
+                )
+                log(f"{name} refusing: {cell['rej'] / cell['seconds']:,.0f} refused/s")
+                cells.append(cell)
+        finally:
+            server.stop()
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -139,8 +159,8 @@ def measure(seconds: int) -> dict[str, Any]:
 def derived(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per cell: goodput, its ratio to c=16's, refusals, CPU per answer and per refusal."""
     rows = []
-    for name in dict.fromkeys(c["workload"] for c in result["cells"]):
-        cells = [c for c in result["cells"] if c["workload"] == name]
+    for name in dict.fromkeys(c.get("base", c["workload"]) for c in result["cells"]):
+        cells = [c for c in result["cells"] if c.get("base", c["workload"]) == name]
         base = cells[0]
         per_answer = base["server_cpu_s"] / max(base["ok"], 1)
         for cell in cells:
@@ -157,7 +177,8 @@ def derived(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "ok_p99_ms": cell["ok_p99_us"] / 1e3,
                     "rej_p99_ms": cell["rej_p99_us"] / 1e3 if cell["rej"] else None,
                     "cpu_ms_answer": per_answer * 1e3,
-                    "cpu_ms_refusal": rest / cell["rej"] * 1e3 if cell["rej"] else None,
+                    # Only where refusals are many: a few would divide the noise.
+                    "cpu_ms_refusal": rest / cell["rej"] * 1e3 if cell["rej"] >= MANY else None,
                     "errors": cell["connect"] + cell["read"] + cell["write"] + cell["timeout"],
                 }
             )
@@ -178,7 +199,10 @@ def report(result: dict[str, Any]) -> list[str]:
         "One server with the default settings; wrk with one connection per client, each sending the same",
         f"{result['images_per_request']} digits a request without pause. Goodput is 2xx answers a second.",
         "CPU per answer is the server's CPU over the c=16 cell's answers; CPU per refusal is what an",
-        "overloaded cell's CPU leaves once its answers are paid at that price.",
+        "overloaded cell's CPU leaves once its answers are paid at that price (shown where a cell has",
+        f"{MANY:,} refusals or more). The `refusing` rows are a second server whose queue holds almost",
+        "nothing (`MODELSERVE_BATCH__QUEUE_TIMEOUT_S=0.02`), so that nearly every request is refused: what",
+        "a refusal costs, against what an answer costs.",
         "",
         "| workload | clients | 2xx/s | vs c=16 | refused/s | with Retry-After | answer p99 ms "
         "| refusal p99 ms | CPU ms / answer | CPU ms / refusal | socket errors |",
