@@ -34,7 +34,9 @@ from bench.runs import machine, revision
 from bench.servers import start_service
 
 CONCURRENCY = (16, 64, 256)
-REFUSING = "MODELSERVE_BATCH__QUEUE_TIMEOUT_S"
+# A queue with room for one request of 64 items: every request that finds another queued is
+# refused before it is parsed.
+REFUSING = {"MODELSERVE_BATCH__MAX_QUEUE_SIZE": "64", "MODELSERVE_MAX_ITEMS_PER_REQUEST": "64"}
 MANY = 1000  # refusals in a cell before their CPU is estimated
 IMAGES = 64
 LUA = ROOT / "bench" / "wrk" / "goodput.lua"
@@ -127,8 +129,8 @@ def measure(seconds: int) -> dict[str, Any]:
         finally:
             server.stop()
         # What a refusal costs, where nearly every request is refused: the same server with a
-        # queue that holds almost nothing (its timeout at 20 ms), at 64 clients.
-        server = start_service("goodput-refusing", ROOT / "model_store", {REFUSING: "0.02"})
+        # queue that holds one request, at 64 clients.
+        server = start_service("goodput-refusing", ROOT / "model_store", REFUSING)
         try:
             for name, workload in workloads.items():
                 cpu_before = server.cpu_s()
@@ -168,7 +170,7 @@ def derived(result: dict[str, Any]) -> list[dict[str, Any]]:
             rest = cell["server_cpu_s"] - per_answer * cell["ok"]
             rows.append(
                 {
-                    "workload": name,
+                    "workload": cell["workload"],
                     "c": cell["connections"],
                     "goodput": goodput,
                     "ratio": goodput / (base["ok"] / base["seconds"]),
@@ -200,9 +202,9 @@ def report(result: dict[str, Any]) -> list[str]:
         f"{result['images_per_request']} digits a request without pause. Goodput is 2xx answers a second.",
         "CPU per answer is the server's CPU over the c=16 cell's answers; CPU per refusal is what an",
         "overloaded cell's CPU leaves once its answers are paid at that price (shown where a cell has",
-        f"{MANY:,} refusals or more). The `refusing` rows are a second server whose queue holds almost",
-        "nothing (`MODELSERVE_BATCH__QUEUE_TIMEOUT_S=0.02`), so that nearly every request is refused: what",
-        "a refusal costs, against what an answer costs.",
+        f"{MANY:,} refusals or more). The `refusing` rows are a second server whose queue holds one",
+        "request (`MODELSERVE_BATCH__MAX_QUEUE_SIZE=64`, `MODELSERVE_MAX_ITEMS_PER_REQUEST=64`), so that",
+        "nearly every request is refused before it is parsed: what a refusal costs, against an answer.",
         "",
         "| workload | clients | 2xx/s | vs c=16 | refused/s | with Retry-After | answer p99 ms "
         "| refusal p99 ms | CPU ms / answer | CPU ms / refusal | socket errors |",
