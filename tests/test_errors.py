@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from store_format import latest_version
 from tests.conftest import serve
 from tests.test_service import co2_like, digit_images, metric_values
 
@@ -161,7 +162,7 @@ def test_a_decompression_bomb_is_refused(server):
 
 
 def test_a_tampered_model_keeps_the_service_unready_and_is_named(tmp_path, store_copy):
-    model = store_copy / "classifier" / "1" / "model.onnx"
+    model = store_copy / "classifier" / str(latest_version(store_copy, "classifier")) / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))

@@ -22,6 +22,7 @@ from service.platform.errors import InvalidInput
 from service.platform.settings import Settings
 from service.transport.fast_path import FastPathApp, FastRoute
 from service.transport.responses import json_response
+from store_format import latest_version
 from tests.conftest import COMMITTED_STORE
 from tests.test_service import digit_images
 
@@ -31,7 +32,7 @@ V2_IMAGE = {"inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP
 REQUESTS = [
     ("POST", "/classify", {"json": {"images": [IMAGE]}}, 200),
     ("POST", "/v2/models/classifier/infer", {"json": V2_IMAGE}, 200),
-    ("GET", "/v2/models/classifier/versions/1", {}, 200),
+    ("GET", f"/v2/models/classifier/versions/{latest_version(COMMITTED_STORE, 'classifier')}", {}, 200),
     ("GET", "/classify", {}, 405),
 ]
 

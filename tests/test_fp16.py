@@ -78,18 +78,20 @@ def test_the_variant_matches_fp32_and_keeps_its_quality(fp16_store: Path, name: 
 def test_a_variant_outside_the_tolerance_is_not_published(store_copy: Path) -> None:
     with pytest.raises(ParityError, match=r"fp16 differs from fp32 by .* > 1e-06"):
         export_fp16(store_copy, "classifier", tolerance=1e-6)
-    assert list_versions(store_copy, "classifier") == [1]
+    assert list_versions(store_copy, "classifier") == list_versions(COMMITTED_STORE, "classifier")
 
 
 def test_only_an_fp32_version_is_converted(fp16_store: Path) -> None:
-    with pytest.raises(ManifestError, match="classifier/2 is fp16"):
-        export_fp16(fp16_store, "classifier", from_version=2)
+    _, half_version = committed_versions("classifier")
+    with pytest.raises(ManifestError, match=f"classifier/{half_version} is fp16"):
+        export_fp16(fp16_store, "classifier", from_version=half_version)
 
 
 def test_the_command_line_publishes_and_prints_the_verdict(store_copy: Path, capsys) -> None:
+    next_version = max(list_versions(store_copy, "classifier")) + 1
     assert main(["export-fp16", "classifier", "--from-version", "1", "--out", str(store_copy)]) == 0
     printed = capsys.readouterr().out
-    assert "quality gate: classifier/2 (fp16, from v1)\n  test_accuracy = 0.988889" in printed
+    assert f"quality gate: classifier/{next_version} (fp16, from v1)\n  test_accuracy = 0.988889" in printed
     assert "PUBLISHED as servable" in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["export-fp16", "all", "--from-version", "1", "--out", str(store_copy)])
@@ -98,7 +100,8 @@ def test_the_command_line_publishes_and_prints_the_verdict(store_copy: Path, cap
 
 def test_the_version_served_follows_precision_unless_pinned(fp16_store: Path, store_copy: Path) -> None:
     assert version_to_serve(Settings(model_store=fp16_store), "classifier") is None  # highest fp32
-    assert version_to_serve(Settings(model_store=fp16_store, precision="fp16"), "classifier") == 2
+    half_version = committed_versions("classifier")[1]
+    assert version_to_serve(Settings(model_store=fp16_store, precision="fp16"), "classifier") == half_version
     pinned = Settings(model_store=fp16_store, precision="fp16", model_versions={"classifier": 1})
     assert version_to_serve(pinned, "classifier") == 1
     with pytest.raises(ModelLoadError, match="no servable fp16 one"):
@@ -116,14 +119,15 @@ def classify(server, images: list) -> tuple[str, np.ndarray]:
 
 def test_the_server_serves_fp16_only_when_asked(fp16_store: Path, tmp_path: Path) -> None:
     images, _ = digit_images(64)
-    fp32 = cpu_session(str(fp16_store / "classifier" / "1" / "model.onnx"))
+    fp32_version, half_version = committed_versions("classifier")
+    fp32 = cpu_session(str(fp16_store / "classifier" / str(fp32_version) / "model.onnx"))
     expected = fp32.run(None, {"images": np.array(images, dtype=np.float32)[:, None]})[0]
     with serve(tmp_path / "fp16", fp16_store, models="classifier", workers="1", precision="fp16") as server:
         versions, probabilities = classify(server, images)
-        assert "classifier/2" in server.log_text()
-    assert versions == ["2"]
+        assert f"classifier/{half_version}" in server.log_text()
+    assert versions == [str(half_version)]
     assert np.abs(probabilities - expected).max() <= FP16_TOLERANCES["classifier"]
     with serve(tmp_path / "fp32", fp16_store, models="classifier", workers="1") as server:
         versions, probabilities = classify(server, images)
-    assert versions == ["1"]
+    assert versions == [str(fp32_version)]
     assert np.abs(probabilities - expected).max() <= 1e-5

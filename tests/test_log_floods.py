@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from service.platform.errors import MAX_KINDS, FailedRequestLog
-from tests.conftest import serve
+from store_format import latest_version
+from tests.conftest import COMMITTED_STORE, serve
 
 BURST = 5
 INTERVAL_S = 2.0
@@ -108,8 +109,9 @@ def test_a_flood_of_bad_requests_writes_a_bounded_log(tmp_path, path):
         late = http.post(path, json={"images": []}, headers={"X-Request-ID": "late"})
         log = wait_for(server, r"request_id=late\)")
     print(f"{FLOOD} bad requests to {path}: {lines} lines, summaries {summary}")
+    version = latest_version(COMMITTED_STORE, "classifier")
     errors = re.search(
-        r'modelserve_errors_total\{model="classifier",status="400",version="1"\} (\S+)', metrics
+        rf'modelserve_errors_total\{{model="classifier",status="400",version="{version}"\}} (\S+)', metrics
     )
     assert errors is not None and float(errors.group(1)) == FLOOD, metrics[-2000:]
     assert late.status_code == 400 and "(request_id=late)" in log

@@ -33,7 +33,7 @@ from prometheus_client import REGISTRY
 from service.inference.model_watcher import ModelWatcher
 from service.inference.registry import ModelRegistry
 from service.platform.settings import Settings
-from store_format import Gate, QualityCheck, publish, read_manifest
+from store_format import Gate, QualityCheck, list_versions, publish, read_manifest
 from tests.conftest import COMMITTED_STORE, Server, serve
 from tests.test_reliability import break_for_onnx_runtime
 from tests.test_service import digit_images
@@ -47,6 +47,15 @@ EVENT_TIMEOUT_S = 40
 # The load of the swap test: 16 clients, each pausing a little between requests, and a cap.
 CLIENTS = 16
 MAX_REQUESTS = 5000
+
+
+@pytest.fixture
+def store_copy(store_copy: Path) -> Path:
+    """The committed store with the classifier at its first version only: these scenarios number
+    the versions they publish, swap and remove from there (1, then 2, ...)."""
+    for version in list_versions(store_copy, "classifier")[1:]:
+        shutil.rmtree(store_copy / "classifier" / str(version))
+    return store_copy
 
 
 # --- publishing versions as an operator would ----------------------------------------------------
