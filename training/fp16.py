@@ -30,7 +30,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from store_format import Gate, Manifest, ManifestError, latest_version, load_verified, publish
+from store_format import Gate, Manifest, ManifestError, latest_version, list_versions, load_verified, publish
 from training.export import PARITY_BATCHES, ParityError, graph_opset, tensor_specs
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,13 @@ def generator_metrics(session: ort.InferenceSession, fp32: Manifest, store: Path
     The final GAN losses among them are the fp32 version's: the fp16 variant was not trained.
     """
     trainer = importlib.import_module(TRAINERS["generator"])
-    judge = trainer.ClassifierJudge(*trainer.find_classifier(store))  # the served fp32 classifier
+    # the classifier version that judged the fp32 version, so that the two are compared by one
+    # judge (a later classifier recognises the same samples differently); else the served one
+    judged_by = fp32.training.get("judge_classifier_version")
+    if judged_by is not None and judged_by in list_versions(store, "classifier"):
+        judge = trainer.ClassifierJudge(*load_verified(store, "classifier", judged_by))
+    else:
+        judge = trainer.ClassifierJudge(*trainer.find_classifier(store))
     n_classes = fp32.serving["num_classes"]
     config = SimpleNamespace(n_classes=n_classes, latent_dim=fp32.serving["latent_dim"])
     latent, labels = trainer.evaluation_inputs(trainer.GeneratorTrainConfig(), config)
