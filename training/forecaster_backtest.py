@@ -11,7 +11,11 @@ only scores a fitted recipe there, so the two modules do not import each other.
 
 ``--gru`` adds the default recipe, the GRU trained by :mod:`training.train_forecaster` (its epoch
 and history window chosen on each fold's validation weeks, about 90 s a fold), and the mean of its
-forecasts and the ridge's. Two *bounds* are printed under the candidates: the ridge with its own
+forecasts and the ridge's; ``--residual`` adds the residual recipe (the ridge baseline plus GRUs
+trained on its out-of-fold errors, :mod:`training.residual_fit`, about 60 s a fold) and its mean
+with the ridge. For each trained candidate the command also prints how many folds it wins and
+loses against the ridge with a sign test, and ``--plot`` draws its ratio fold by fold. Two *bounds*
+are printed under the candidates: the ridge with its own
 mean error over the evaluated window removed, per window and per window and step. They read the
 evaluated weeks, so they are not candidates; they say how much of the ridge's error is a shared
 offset over a window (mostly a growth rate that changed from its past) that a perfect estimate of

@@ -51,7 +51,7 @@ class ResidualFitConfig:
     # the correction's weight: a number keeps the last step at that shrink (the validation weeks
     # are scored for the record only); None chooses the step and shrink among ``shrinks`` on the
     # validation weeks. 0.25: see docs/training.md (choosing on the validation weeks lost to the
-    # ridge on the backtest, 1.031x; a fixed quarter of the correction won, 0.988x)
+    # ridge on the backtest, 1.031x; a fixed quarter of the correction scored 0.988x)
     shrink: float | None = 0.25
     shrinks: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     # the ridge's penalty: None chooses it on the validation weeks as the baseline does
