@@ -542,6 +542,25 @@ def test_dry_run_trains_exports_and_publishes_a_rejected_candidate(tmp_path, cap
 
 
 @pytest.mark.slow
+def test_residual_recipe_trains_with_the_ridge_inside_and_a_fixed_shrink(tmp_path):
+    """The residual recipe (not the default): the baseline ridge in the graph, a quarter of the
+    correction after the last step, figures on every split."""
+    cfg = ForecasterTrainConfig(model="residual")
+    options = TrainOptions(seed=0, epochs=None, dry_run=True, store=tmp_path, workdir=tmp_path)
+    trained = train(options, cfg)
+    metrics = trained.metrics
+    assert trained.serving["window"] == trained.serving["max_length"] == 156
+    assert metrics["shrink"] == cfg.residual.shrink and metrics["kept_step"] == 2 * cfg.residual.eval_every
+    assert metrics["ridge_alpha"] == fitted_ridge(load_series()[1]).alpha
+    assert isinstance(trained.module, ResidualForecaster) and trained.module.shrink.item() == 0.25
+    for key in ("test_mae", "val_mae", "mae_ratio_to_ridge", "val_mae_ratio_to_ridge_weeks_1_13"):
+        assert np.isfinite(metrics[key]), key
+    # at shrink 0 the graph is the baseline ridge, so a quarter of a barely trained correction
+    # keeps the model within a few percent of it
+    assert abs(metrics["mae_ratio_to_ridge"] - 1.0) < 0.1
+
+
+@pytest.mark.slow
 def test_linear_recipe_trains_with_its_window_and_backtest(tmp_path):
     """The linear recipe (not the default): fitted, evaluated on every split, its backtest recorded."""
     cfg = ForecasterTrainConfig(model="linear")
