@@ -31,7 +31,7 @@ ADDRESS = "127.0.0.1:3000"
 BLOCK = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 RUNNERS = {"bash": "bash", "python": "python"}
 # Pages other people are writing now, linked before they land; drop a name once its page exists.
-PENDING = {"docs/evidence/goodput.md"}  # python -m bench.goodput writes it
+PENDING: set[str] = set()
 
 
 @dataclass
