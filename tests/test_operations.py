@@ -36,6 +36,7 @@ from harness.prometheus import (
     run_prometheus,
 )
 from harness.server import ROOT, ServerProcess, free_port
+from store_format import latest_version
 from tests.conftest import COMMITTED_STORE, serve
 
 pytestmark = pytest.mark.slow
@@ -154,7 +155,7 @@ def test_prometheus_scrapes_the_service_with_the_shipped_config(overload_server,
     need(prometheus_binary(), "prometheus")
     store = tmp_path / "model_store"
     shutil.copytree(COMMITTED_STORE, store)
-    model = store / "classifier" / "1" / "model.onnx"
+    model = store / "classifier" / str(latest_version(store, "classifier")) / "model.onnx"  # the served one
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from harness.server import ServerProcess, bentoml_command, free_port, service_env
 from service.platform.server_folder import folder_of
-from store_format import read_manifest
+from store_format import latest_version, read_manifest
 from tests.conftest import COMMITTED_STORE, serve
 from tests.test_service import co2_like, digit_images, metric_values
 
@@ -275,7 +275,7 @@ def break_for_onnx_runtime(version_folder: Path) -> None:
 
 
 def test_a_model_that_fails_to_load_is_named_without_paths_and_reported_in_metrics(tmp_path, store_copy):
-    break_for_onnx_runtime(store_copy / "classifier" / "1")
+    break_for_onnx_runtime(store_copy / "classifier" / str(latest_version(store_copy, "classifier")))
     orphan = store_copy / "digits_v2" / "1"  # a model folder whose manifest was never written
     orphan.mkdir(parents=True)
     shutil.copyfile(COMMITTED_STORE / "classifier" / "1" / "model.onnx", orphan / "model.onnx")

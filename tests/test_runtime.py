@@ -22,6 +22,7 @@ from service.inference.runtime import (
     tensorrt_profile,
 )
 from service.platform.settings import GPU_MAX_BATCH_SIZE, Settings, SettingsError, get_settings
+from store_format import latest_version
 from tests.conftest import COMMITTED_STORE
 
 HAS_GPU = CUDA in ort.get_available_providers() and cuda_device_count() > 0
@@ -46,7 +47,7 @@ def test_forcing_cuda_without_a_gpu_refuses_with_the_fix():
 
 
 def test_a_tampered_model_is_refused_at_load(store_copy):
-    path = store_copy / "classifier" / "1" / "model.onnx"
+    path = store_copy / "classifier" / str(latest_version(store_copy, "classifier")) / "model.onnx"
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     with pytest.raises(ModelLoadError, match="sha256"):
         LoadedModel.load(store_copy, "classifier", None, CPU_ONLY)

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from store_format import latest_version
 from tests.conftest import serve
 from tests.test_model_lifecycle import FAST, in_process, metric_sum, sample
 
@@ -31,19 +32,21 @@ def warnings(caplog) -> list[str]:
 
 
 def test_a_folder_without_manifest_is_warned_about_a_poll_later_and_once(store_copy, caplog):
-    folder = store_copy / "classifier" / "2"
-    labels = {"model": "classifier", "version": "2", "reason": "manifest"}
+    served = latest_version(store_copy, "classifier")
+    new = served + 1
+    folder = store_copy / "classifier" / str(new)
+    labels = {"model": "classifier", "version": str(new), "reason": "manifest"}
 
     async def scenario() -> None:
         registry, watcher = in_process(store_copy)
         before = sample("modelserve_model_load_failures_total", **labels)
         # A version being copied in by hand: its model first, its manifest a moment later.
         folder.mkdir()
-        shutil.copy(store_copy / "classifier" / "1" / "model.onnx", folder)
+        shutil.copy(store_copy / "classifier" / str(served) / "model.onnx", folder)
         await watcher.poll()
         assert warnings(caplog) == []  # found, not flagged yet
-        manifest = json.loads((store_copy / "classifier" / "1" / "manifest.json").read_text())
-        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+        manifest = json.loads((store_copy / "classifier" / str(served) / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": new}))
         await watcher.poll()
         assert warnings(caplog) == []  # finished before the next look: never flagged
         # Its manifest lost: flagged at the second look, and not again at the looks after it.
@@ -51,14 +54,14 @@ def test_a_folder_without_manifest_is_warned_about_a_poll_later_and_once(store_c
         for _ in range(4):
             await watcher.poll()
         assert sample("modelserve_model_load_failures_total", **labels) == before + 1
-        assert registry.serving_version("classifier") == 1
+        assert registry.serving_version("classifier") == served
         await watcher.wait_for_releases()
         await registry.close()
 
     with caplog.at_level(logging.WARNING, logger="service.inference.model_watcher"):
         asyncio.run(scenario())
     assert warnings(caplog) == [
-        f"{folder} has no manifest.json, so classifier/2 is NOT served (classifier/1 is served "
+        f"{folder} has no manifest.json, so classifier/{new} is NOT served (classifier/{served} is served "
         "instead): publish it with its manifest.json, or remove the folder"
     ]
 
