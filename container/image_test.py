@@ -17,9 +17,7 @@ import base64
 import hashlib
 import json
 import math
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,21 +27,21 @@ from pathlib import Path
 import httpx
 import numpy as np
 import tritonclient.http as triton
+from podman_checks import (
+    DIGIT_ZERO,
+    CheckFailed,
+    expect,
+    free_port,
+    labels_of,
+    podman,
+    run_check,
+    runtime_info_lines,
+    stop_on_signal,
+)
 
 MAX_IMAGE_BYTES = 500 * 1000 * 1000
 # Not a speed assert: only how long to wait before calling the start a failure.
 READY_DEADLINE_S = 180.0
-# A handwritten 0 from scikit-learn's digits (the README's example).
-DIGIT_ZERO = [
-    [0, 0, 5, 13, 9, 1, 0, 0],
-    [0, 0, 13, 15, 10, 15, 5, 0],
-    [0, 3, 15, 2, 0, 11, 8, 0],
-    [0, 4, 12, 0, 0, 8, 8, 0],
-    [0, 5, 8, 0, 0, 9, 8, 0],
-    [0, 4, 11, 0, 1, 12, 7, 0],
-    [0, 2, 14, 5, 10, 12, 0, 0],
-    [0, 0, 6, 13, 10, 0, 0, 0],
-]
 # What the service must export for a container limited to one CPU.
 EXPECTED_RUNTIME_LABELS = {
     "workers": "1",
@@ -51,25 +49,6 @@ EXPECTED_RUNTIME_LABELS = {
     "provider": "CPUExecutionProvider",
     "cpus": "1",
 }
-
-
-class CheckFailed(AssertionError):
-    """A check found the image or the service not as it should be."""
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
-
-
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ImageTest:
@@ -118,14 +97,9 @@ class ImageTest:
     # ---- running the checks ----
 
     def check(self, name: str, function: Callable[[], str]) -> None:
-        try:
-            detail = function()
-        except (AssertionError, httpx.HTTPError, subprocess.SubprocessError, ValueError) as error:
-            self.results.append((name, str(error) or type(error).__name__))
-            print(f"FAIL {name}: {error}", flush=True)
-        else:
-            self.results.append((name, None))
-            print(f"ok   {name}: {detail}", flush=True)
+        errors = (AssertionError, httpx.HTTPError, subprocess.SubprocessError, ValueError)
+        error, _ = run_check(name, function, errors)
+        self.results.append((name, error))
 
     def post_json(self, path: str, body: dict) -> dict:
         response = self.http.post(path, json=body)
@@ -210,13 +184,13 @@ class ImageTest:
 
     def runtime_metrics(self) -> str:
         text = self.http.get("/metrics").text
-        lines = [line for line in text.splitlines() if line.startswith("modelserve_runtime_info{")]
+        lines = runtime_info_lines(text)
         wanted = ",".join(f'{key}="{value}"' for key, value in EXPECTED_RUNTIME_LABELS.items())
         expect(
             bool(lines),
             f"/metrics has no modelserve_runtime_info gauge; expected modelserve_runtime_info{{{wanted}}} 1",
         )
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', lines[0]))
+        labels = labels_of(lines[0])
         gauge = float(lines[0].rsplit(" ", 1)[1])
         wrong = {key for key, expected in EXPECTED_RUNTIME_LABELS.items() if labels.get(key) != expected}
         expect(
@@ -283,10 +257,6 @@ class ImageTest:
         failed = sum(1 for _, error in self.results if error)
         print(f"{len(self.results) - failed} passed, {failed} failed")
         return 1 if failed else 0
-
-
-def stop_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main() -> int:

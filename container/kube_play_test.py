@@ -42,10 +42,8 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,41 +55,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from podman_checks import (
+    DIGIT_ZERO,
+    CheckFailed,
+    expect,
+    free_port,
+    labels_of,
+    podman,
+    run_check,
+    runtime_info_lines,
+    stop_on_signal,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KUSTOMIZATION = ROOT / "deploy" / "kubernetes" / "base"
-DIGIT_ZERO = [
-    [0, 0, 5, 13, 9, 1, 0, 0],
-    [0, 0, 13, 15, 10, 15, 5, 0],
-    [0, 3, 15, 2, 0, 11, 8, 0],
-    [0, 4, 12, 0, 0, 8, 8, 0],
-    [0, 5, 8, 0, 0, 9, 8, 0],
-    [0, 4, 11, 0, 1, 12, 7, 0],
-    [0, 2, 14, 5, 10, 12, 0, 0],
-    [0, 0, 6, 13, 10, 0, 0, 0],
-]
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # The cgroup quota sources service/platform/cpu_budget.py names.
 QUOTA_SOURCES = ("cgroup v1 quota", "cgroup v2 quota")
-
-
-class CheckFailed(AssertionError):
-    pass
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
-
-
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(url: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -213,14 +193,9 @@ class KubePlayTest:
     # ---- the checks ----
 
     def check(self, name: str, function: Callable[[], str]) -> None:
-        try:
-            detail = function()
-        except (AssertionError, OSError, subprocess.SubprocessError, ValueError, KeyError) as error:
-            self.results.append((name, str(error) or type(error).__name__, ""))
-            print(f"FAIL {name}: {error}", flush=True)
-        else:
-            self.results.append((name, None, detail))
-            print(f"ok   {name}: {detail}", flush=True)
+        errors = (AssertionError, OSError, subprocess.SubprocessError, ValueError, KeyError)
+        error, detail = run_check(name, function, errors)
+        self.results.append((name, error, detail))
 
     def ready(self) -> str:
         """Until the startup probe passes, within the budget Kubernetes would give it."""
@@ -351,9 +326,9 @@ class KubePlayTest:
         )
         status, body = http(self.url + "/metrics")
         expect(status == 200, f"/metrics: HTTP {status}")
-        lines = [line for line in body.decode().splitlines() if line.startswith("modelserve_runtime_info{")]
+        lines = runtime_info_lines(body.decode())
         expect(len(lines) == 1, f"modelserve_runtime_info: {lines}")
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', lines[0]))
+        labels = labels_of(lines[0])
         expect(
             labels["workers"] == str(workers),
             f"{lines[0]}: workers, expected {workers} for a {limit:g} CPU limit",
@@ -504,10 +479,6 @@ def report(image: str, sections: list[str]) -> str:
         "",
     ]
     return "\n".join(lines + sections)
-
-
-def stop_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main() -> int:
