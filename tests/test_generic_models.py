@@ -32,7 +32,7 @@ from harness.server import ROOT
 from store_format import load_verified
 from tests.conftest import Server, serve
 from tests.test_service import metric_values
-from tests.test_store_import import iris_pipeline, mlp, run_import, save, value
+from tests.test_store_import import iris_pipeline, mlp, run_import, save, two_by_two, value
 
 pytestmark = pytest.mark.slow
 ACROSS_BATCHES = 1e-5
@@ -42,22 +42,9 @@ MAX_ITEMS = 256  # MODELSERVE_MAX_ITEMS_PER_REQUEST of the server below
 # --- graphs, beyond those tests/test_store_import.py builds ------------------------------------
 
 
-def two_kinds(path: Path) -> Path:
-    """features FP32 [n, 3] and counts INT64 [n] -> total FP32 [n] and doubled INT64 [n]."""
-    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
-    nodes = [
-        oh.make_node("ReduceSum", ["features", "axes"], ["row_sum"], keepdims=0),
-        oh.make_node("Cast", ["counts"], ["counts_f"], to=TensorProto.FLOAT),
-        oh.make_node("Add", ["row_sum", "counts_f"], ["total"]),
-        oh.make_node("Add", ["counts", "counts"], ["doubled"]),
-    ]
-    return save(
-        path,
-        nodes,
-        [value("features", TensorProto.FLOAT, ["n", 3]), value("counts", TensorProto.INT64, ["n"])],
-        [value("total", TensorProto.FLOAT, ["n"]), value("doubled", TensorProto.INT64, ["n"])],
-        [axes],
-    )
+# tests/test_store_import.py's two-input, two-output graph, served here as "two-kinds"; the name
+# is also what tests/test_new_models.py imports
+two_kinds = two_by_two
 
 
 def centred(path: Path) -> Path:
