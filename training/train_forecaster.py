@@ -644,12 +644,15 @@ def linear_example_inputs(
     return example_inputs
 
 
-def linear_metrics(
-    model: LinearForecaster, y: np.ndarray, cfg: ForecasterTrainConfig, fit_record: dict[str, Any]
+def fitted_metrics(
+    model: LinearForecaster | ResidualForecaster,
+    y: np.ndarray,
+    cfg: ForecasterTrainConfig,
+    fit_record: dict[str, Any],
 ) -> dict[str, Any]:
-    """Held-out figures of the linear forecaster, from the PyTorch module (histories capped at
-    its window): the test weeks against every baseline, the validation weeks likewise, the
-    test MAE at other history lengths, and the backtest of its recipe."""
+    """Held-out figures of either forecaster, from the PyTorch module (histories capped at its
+    window): the test weeks against every baseline, the validation weeks likewise, the test MAE
+    at other history lengths, and then ``fit_record``, what its fit chose or was chosen on."""
     model_cfg = model.config
     val_start, test_start = split_points(len(y), cfg)
     test = evaluate(model, y, test_start, len(y), model_cfg.window, cfg.eval_batch)
@@ -725,7 +728,7 @@ def train_linear(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedMo
             backtest_mae_ratio_to_ridge=round(backtest_summary["score"], 4),
             **{f"backtest_mae_ratio_to_ridge_{b}": round(v, 4) for b, v in backtest_summary["bands"].items()},
         )
-        metrics = linear_metrics(model, y, cfg, fit_record)
+        metrics = fitted_metrics(model, y, cfg, fit_record)
         log.info("forecaster: %s, fitted in %.2f s", metrics, seconds)
         plot = Path(options.workdir) / "forecaster_forecasts.png"
         artifacts = [plot_forecasts(model, dates, y, test_start, model_cfg.window, plot)]
@@ -768,38 +771,6 @@ def residual_example_inputs(
     return example_inputs
 
 
-def residual_metrics(
-    model: ResidualForecaster, y: np.ndarray, cfg: ForecasterTrainConfig, fit_record: dict[str, Any]
-) -> dict[str, Any]:
-    """Held-out figures of the residual forecaster, from the PyTorch module (histories capped at
-    its window): the test and validation weeks against every baseline, the test MAE at other
-    history lengths, and what the fit chose on the validation weeks."""
-    model_cfg = model.config
-    val_start, test_start = split_points(len(y), cfg)
-    test = evaluate(model, y, test_start, len(y), model_cfg.window, cfg.eval_batch)
-    val = evaluate(model, y, val_start, test_start, model_cfg.window, cfg.eval_batch)
-    metrics: dict[str, Any] = {
-        "test_mae": round(test["mae"], 4),
-        "baseline_mae": round(test["baseline_mae"], 4),
-        "improvement_vs_baseline": round(1 - test["mae"] / test["baseline_mae"], 4),
-        "test_origins": test["origins"],
-        "test_history_length": model_cfg.window,
-        "test_weeks": cfg.test_weeks,
-        "horizon": model_cfg.horizon,
-        "val_mae": round(val["mae"], 4),
-        "val_baseline_mae": round(val["baseline_mae"], 4),
-        **{k: v for k, v in fit_record.items() if k != "val_curve_full_correction"},
-    }
-    predict = lambda y_, ends: forecast(model, y_, ends, model_cfg.window, cfg.eval_batch)  # noqa: E731
-    metrics.update(validation_comparison(predict, y, val_start, test_start, model_cfg.horizon))
-    metrics.update(held_out_comparison(predict, y, val_start, test_start, model_cfg.horizon))
-    for length in (model_cfg.min_length, 300, 500, 2000):  # same origins and targets, other lengths
-        metrics[f"test_mae_history_{length}"] = round(
-            evaluate(model, y, test_start, len(y), length, cfg.eval_batch)["mae"], 4
-        )
-    return metrics
-
-
 def train_residual(options: TrainOptions, cfg: ForecasterTrainConfig) -> TrainedModel:
     """The residual forecaster: the ridge baseline's map in the graph plus GRUs trained on its
     out-of-fold errors, their step and shrink chosen on the validation weeks
@@ -823,7 +794,9 @@ def train_residual(options: TrainOptions, cfg: ForecasterTrainConfig) -> Trained
             fit_record["val_mae_kept"],
             fit_record["val_mae_ridge"],
         )
-        metrics = residual_metrics(model, y, cfg, fit_record)
+        # the full-correction curve goes to the plot below, not into the metrics
+        summary_record = {k: v for k, v in fit_record.items() if k != "val_curve_full_correction"}
+        metrics = fitted_metrics(model, y, cfg, summary_record)
         log.info("forecaster: %s, %.1f s", metrics, seconds)
         curve = {
             "validation MAE, full correction (ppm)": [m for _, m in fit_record["val_curve_full_correction"]],
