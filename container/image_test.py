@@ -216,13 +216,14 @@ class ImageTest:
         return f"/run/secrets empty; no copy of {self.host_ca} (sha256 {digest[:12]}) anywhere in the image"
 
     def serving_only(self) -> str:
+        # onnx is served: `python -m store_format import` checks a user's model with onnx.checker.
         probe = (
             "import importlib.util as u; "
-            "print([m for m in ('torch', 'training', 'tests', 'onnx', 'sklearn') if u.find_spec(m)])"
+            "print([m for m in ('torch', 'training', 'tests', 'sklearn') if u.find_spec(m)])"
         )
         present = self.exec("python", "-c", probe).strip()
         expect(present == "[]", f"training-side modules in the image: {present}")
-        return "no torch, training, tests, onnx or sklearn module"
+        return "no torch, training, tests or sklearn module"
 
     def stop(self) -> str:
         started = time.monotonic()
