@@ -87,7 +87,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite docs and plot from bench/results/latest.json without running",
     )
-    p.add_argument("--no-docs", action="store_true", help="leave docs/evidence/benchmarks.md and the plot alone")
+    p.add_argument(
+        "--no-docs", action="store_true", help="leave docs/evidence/benchmarks.md and the plot alone"
+    )
     p.add_argument(
         "--out",
         type=Path,

@@ -347,7 +347,8 @@ def markdown(result: dict) -> str:
 
 
 def write_docs(section: str, docs: Path = DOCS) -> None:
-    """Put ``section`` into docs/evidence/benchmarks.md in place of the previous GPU section (or at the end)."""
+    """Put ``section`` into docs/evidence/benchmarks.md in place of the previous GPU section (or at
+    the end)."""
     text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
