@@ -19,7 +19,7 @@ async def answer(deadlines: Deadlines, work_s: float) -> str:
             raise
         return "past the deadline"
     finally:
-        bucket.discard(asyncio.current_task())
+        deadlines.leave(bucket)
 
 
 def test_work_past_the_deadline_is_cancelled_and_told_so_and_the_rest_is_not():

@@ -88,7 +88,7 @@ class TaskHandler:
         except Exception as exc:
             return _failed(pipeline.failed(exc, path), method, path, request_id)
         finally:
-            bucket.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._deadlines.leave(bucket)
         return Reply(
             200,
             (_JSON_HEADER, (REQUEST_ID_HEADER, request_id.encode())),

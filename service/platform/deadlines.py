@@ -16,7 +16,7 @@ Use, in the coroutine that answers a request::
             raise  # cancelled by someone else: the client left, the server stops
         ...  # past the deadline: answer 504
     finally:
-        bucket.discard(asyncio.current_task())
+        deadlines.leave(bucket)
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class Deadlines:
         self._expired: set[asyncio.Task] = set()
 
     def enter(self) -> set[asyncio.Task]:
-        """Put the current task under the deadline; the caller discards it from the returned
-        bucket when it is done (in a ``finally``)."""
+        """Put the current task under the deadline; the caller hands the returned bucket to
+        :meth:`leave` when it is done (in a ``finally``)."""
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("Deadlines.enter() must be called from a task")
@@ -60,6 +60,13 @@ class Deadlines:
         self._expired.discard(task)
         task.uncancel()
         return True
+
+    def leave(self, bucket: set[asyncio.Task]) -> None:
+        """The current task is done: out of its bucket, and forgotten if its deadline passed
+        (also when something under it swallowed the cancellation, so no task is kept)."""
+        task = asyncio.current_task()
+        bucket.discard(task)  # type: ignore[arg-type]
+        self._expired.discard(task)  # type: ignore[arg-type]
 
     def _expire(self, key: int) -> None:
         for task in self._buckets.pop(key, ()):

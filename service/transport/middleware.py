@@ -45,16 +45,12 @@ from service.platform.errors import (
     render_error,
 )
 from service.platform.request_ids import request_id_of
+from service.transport.responses import framed_headers
 
 log = logging.getLogger(__name__)
 
 # What explains an error at a path: {"error": <replacing the framework's text>, "detail": {...}}.
 Explanation = Callable[[], dict[str, Any]]
-
-
-# An overload refusal closes its connection, on both paths: the body is not read (that is what
-# makes a refusal cheap), and the client's next try may land on a less busy worker.
-CLOSE = (b"connection", b"close")
 
 
 class Admission:
@@ -148,11 +144,8 @@ class InFlightLimit:
 
 
 async def send_reply(send: Send, reply: Reply, close: bool = False) -> None:
-    """Send a rendered answer as ASGI messages, framed as the protocol frames one it writes
-    itself (``service.transport.connections.http_answer``)."""
-    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
-    if close:
-        headers.append(CLOSE)
+    """Send a rendered answer as ASGI messages (``framed_headers``)."""
+    headers = framed_headers(reply, close)
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 

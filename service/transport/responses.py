@@ -21,13 +21,24 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
+# An overload refusal closes its connection, on both paths: the body is not read (that is what
+# makes a refusal cheap), and the client's next try may land on a less busy worker.
+CLOSE = (b"connection", b"close")
+
+
+def framed_headers(reply: Reply, close: bool = False) -> list[tuple[bytes, bytes]]:
+    """A reply's headers as sent through ASGI: its own, its length, and ``Connection: close``
+    if asked, in the order the protocol writes an answer itself (``connections.http_answer``)."""
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    if close:
+        headers.append(CLOSE)
+    return headers
+
+
 def rendered_response(reply: Reply) -> Response:
     """A Starlette response carrying a rendered answer exactly (headers in their order)."""
     response = Response(reply.body, reply.status)
-    response.raw_headers = [
-        *reply.headers,
-        (b"content-length", str(len(reply.body)).encode()),
-    ]
+    response.raw_headers = framed_headers(reply)
     return response
 
 
